@@ -1,0 +1,489 @@
+"""The one Vision Transformer encoder of mae-transfer.
+
+Used unchanged for MAE pretraining (``mae.py`` subclasses it), classification, the Detectron2 backbone
+and the MMSegmentation backbone. Parameter names follow timm / the MAE reference
+(``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.{i}.attn.qkv``, ``norm``, ``fc_norm``,
+``head``) so official checkpoints load without renaming; ViTDet's decomposed relative position uses
+detectron2's names (``attn.rel_pos_h``/``rel_pos_w``) and the BEiT-style bias uses
+``attn.relative_position_bias_table``.
+
+Shapes: images ``(B, C, H, W)``; tokens ``(B, N, D)`` with ``N = num_prefix_tokens + h * w`` where
+``(h, w) = (H // patch_size, W // patch_size)``; feature maps ``(B, D, h, w)``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+
+from .pos_embed import get_2d_sincos_pos_embed, resample_abs_pos_embed
+
+__all__ = ["VisionTransformer", "Block", "Attention", "PatchEmbed", "VIT_PRESETS", "vit_from_preset"]
+
+
+def _pair(x) -> tuple[int, int]:
+    return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches by a strided conv. ``(B, C, H, W) -> (B, h*w, D)``."""
+
+    def __init__(self, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768):
+        super().__init__()
+        self.patch_size = _pair(patch_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        B, C, H, W = x.shape
+        ph, pw = self.patch_size
+        if C != self.proj.in_channels:
+            raise ValueError(f"PatchEmbed: input has {C} channels, the model expects {self.proj.in_channels}")
+        if H % ph or W % pw:
+            raise ValueError(f"PatchEmbed: input size {H}x{W} is not a multiple of the patch size {ph}x{pw}")
+        x = self.proj(x)
+        hw = (x.shape[2], x.shape[3])
+        return x.flatten(2).transpose(1, 2), hw
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.gamma = nn.Parameter(init_value * torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative positions along one axis, ``(q_size, k_size, C)``; ViTDet's rule, table resized linearly
+    when its length is not ``2 * max(q_size, k_size) - 1``."""
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        rel_pos = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist,
+                                mode="linear").reshape(-1, max_rel_dist).permute(1, 0)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative_coords.long()]
+
+
+def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                            hw: tuple[int, int]) -> torch.Tensor:
+    """ViTDet / MViTv2 decomposed relative position as an additive attention bias.
+
+    q: (B, heads, h*w, C) unscaled queries. Returns (B, heads, h*w, h*w)."""
+    h, w = hw
+    B, nh, _, C = q.shape
+    Rh = get_rel_pos(h, h, rel_pos_h)
+    Rw = get_rel_pos(w, w, rel_pos_w)
+    r_q = q.reshape(B, nh, h, w, C)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
+    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, h * w, h * w)
+
+
+def beit_relative_position_index(hw: tuple[int, int], num_prefix: int) -> torch.Tensor:
+    """BEiT's index into a ``((2h-1)(2w-1) + 3, heads)`` table; the 3 extra rows are cls->token,
+    token->cls and cls->cls. Returns ``(N, N)`` with ``N = h*w + num_prefix`` (num_prefix 0 or 1)."""
+    h, w = hw
+    coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    rel[:, :, 0] += h - 1
+    rel[:, :, 1] += w - 1
+    rel[:, :, 0] *= 2 * w - 1
+    num_dist = (2 * h - 1) * (2 * w - 1) + 3
+    index = torch.zeros((h * w + 1,) * 2, dtype=torch.long)
+    index[1:, 1:] = rel.sum(-1)
+    index[0, :] = num_dist - 3
+    index[:, 0] = num_dist - 2
+    index[0, 0] = num_dist - 1
+    return index if num_prefix else index[1:, 1:]
+
+
+def resize_beit_bias_table(table: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of the (2h-1)x(2w-1) part of a BEiT bias table; the 3 cls rows are kept."""
+    if tuple(src_hw) == tuple(dst_hw):
+        return table
+    nh = table.shape[1]
+    sh, sw = 2 * src_hw[0] - 1, 2 * src_hw[1] - 1
+    dh, dw = 2 * dst_hw[0] - 1, 2 * dst_hw[1] - 1
+    grid, extra = table[: sh * sw], table[sh * sw:]
+    grid = grid.T.reshape(1, nh, sh, sw)
+    grid = F.interpolate(grid.float(), size=(dh, dw), mode="bicubic", align_corners=False).to(table.dtype)
+    return torch.cat([grid.reshape(nh, dh * dw).T, extra], dim=0)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    Args:
+        dim: token width.
+        num_heads: number of heads.
+        qkv_bias: bias on the qkv projection.
+        rel_pos: ``None``; ``"decomposed"`` (ViTDet: per-axis tables ``rel_pos_h``/``rel_pos_w`` of shape
+            ``(2 * size - 1, head_dim)``, added as a bias ``q . R``); or ``"bias"`` (BEiT: a learned
+            per-head scalar for each relative offset, ``relative_position_bias_table``).
+        rel_pos_size: the token grid ``(h, w)`` the tables are sized for (the window for window blocks).
+        rel_pos_zero_init: start the tables at zero (so a checkpoint without them is unchanged at init).
+        num_prefix_tokens: prefix (cls) tokens in the sequence; only the BEiT bias handles one.
+        attn_drop, proj_drop: dropout rates.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, rel_pos: str | None = None,
+                 rel_pos_size: tuple[int, int] | None = None, rel_pos_zero_init: bool = True,
+                 num_prefix_tokens: int = 0, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.rel_pos = rel_pos
+        self.num_prefix_tokens = num_prefix_tokens
+        if rel_pos is not None and rel_pos_size is None:
+            raise ValueError("Attention: rel_pos needs rel_pos_size (the token grid it is sized for)")
+        if rel_pos == "decomposed":
+            if num_prefix_tokens:
+                raise ValueError("Attention: decomposed relative position does not support a cls token")
+            h, w = rel_pos_size
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * h - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * w - 1, self.head_dim))
+            if not rel_pos_zero_init:
+                trunc_normal_(self.rel_pos_h, std=0.02)
+                trunc_normal_(self.rel_pos_w, std=0.02)
+        elif rel_pos == "bias":
+            if num_prefix_tokens > 1:
+                raise ValueError("Attention: the BEiT relative position bias supports at most one cls token")
+            h, w = rel_pos_size
+            self.rel_pos_size = (h, w)
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros((2 * h - 1) * (2 * w - 1) + 3, num_heads))
+            if not rel_pos_zero_init:
+                trunc_normal_(self.relative_position_bias_table, std=0.02)
+            self.register_buffer("relative_position_index",
+                                 beit_relative_position_index((h, w), num_prefix_tokens), persistent=False)
+        elif rel_pos is not None:
+            raise ValueError(f"Attention: unknown rel_pos {rel_pos!r}; use None, 'decomposed' or 'bias'")
+
+    def _beit_bias(self, hw: tuple[int, int]) -> torch.Tensor:
+        table, index = self.relative_position_bias_table, self.relative_position_index
+        if tuple(hw) != self.rel_pos_size:
+            table = resize_beit_bias_table(table, self.rel_pos_size, hw)
+            index = beit_relative_position_index(hw, self.num_prefix_tokens).to(table.device)
+        N = index.shape[0]
+        return table[index.reshape(-1)].reshape(N, N, -1).permute(2, 0, 1).unsqueeze(0)
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """x: (B, N, D); hw: the token grid of x without prefix tokens (needed with rel_pos)."""
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = None
+        if self.rel_pos == "decomposed":
+            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw).to(q.dtype)
+        elif self.rel_pos == "bias":
+            bias = self._beit_bias(hw).to(q.dtype)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
+
+
+def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, h, w, D) -> (B * nW, ws, ws, D), zero-padding h, w up to multiples of ws."""
+    B, h, w, D = x.shape
+    pad_h, pad_w = (ws - h % ws) % ws, (ws - w % ws) % ws
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(B, hp // ws, ws, wp // ws, ws, D).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws, ws, D), (hp, wp)
+
+
+def window_unpartition(windows: torch.Tensor, ws: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`, cropping the padding. Returns (B, h, w, D)."""
+    hp, wp = pad_hw
+    h, w = hw
+    B = windows.shape[0] // (hp * wp // ws // ws)
+    x = windows.view(B, hp // ws, wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, hp, wp, -1)
+    return x[:, :h, :w, :].contiguous()
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + drop_path(ls1(attn(norm1(x))))``, then the same with the MLP.
+
+    Args:
+        dim, num_heads, mlp_ratio, qkv_bias: the usual transformer sizes.
+        drop_path: stochastic depth rate of this block.
+        init_values: layer-scale init (``None``: no layer scale).
+        window_size: 0 for global attention, else attention within non-overlapping windows of this many
+            tokens a side (ViTDet), zero-padding the grid when it does not divide.
+        rel_pos, rel_pos_size, rel_pos_zero_init, num_prefix_tokens: see :class:`Attention`.
+        norm_layer: normalisation constructor.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0, init_values: float | None = None, window_size: int = 0,
+                 rel_pos: str | None = None, rel_pos_size: tuple[int, int] | None = None,
+                 rel_pos_zero_init: bool = True, num_prefix_tokens: int = 0, proj_drop: float = 0.0,
+                 attn_drop: float = 0.0, norm_layer=partial(nn.LayerNorm, eps=1e-6)):
+        super().__init__()
+        if window_size and num_prefix_tokens:
+            raise ValueError("Block: window attention needs a sequence without cls token")
+        self.window_size = window_size
+        self.norm1 = norm_layer(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias, rel_pos,
+                              (window_size, window_size) if window_size else rel_pos_size,
+                              rel_pos_zero_init, num_prefix_tokens, attn_drop, proj_drop)
+        self.ls1 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), proj_drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """x: (B, N, D); hw: the token grid (required for window attention and relative position)."""
+        y = self.norm1(x)
+        if self.window_size:
+            B, N, D = y.shape
+            ws = self.window_size
+            y, pad_hw = window_partition(y.view(B, hw[0], hw[1], D), ws)
+            y = self.attn(y.view(-1, ws * ws, D), (ws, ws))
+            y = window_unpartition(y.view(-1, ws, ws, D), ws, pad_hw, hw).view(B, N, D)
+        else:
+            y = self.attn(y, hw)
+        x = x + self.drop_path(self.ls1(y))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder with optional classifier head.
+
+    Args:
+        img_size: the input size the absolute position embeddings (and BEiT bias tables) are made for;
+            other sizes work, the embeddings are resampled bicubically on the fly.
+        patch_size: patch size (16; 14 for ViT-H/14; 4 for the small CPU presets).
+        in_chans: image channels.
+        embed_dim, depth, num_heads, mlp_ratio, qkv_bias: transformer sizes.
+        class_token: prepend a learned cls token.
+        pos_embed: ``"sincos"`` (fixed 2-D sin-cos, as MAE pretraining), ``"learned"`` (trainable,
+            initialised at sin-cos like MAE fine-tuning from a checkpoint) or ``"none"``.
+        pos_embed_cls: whether ``pos_embed`` has a row for the cls token even when the sequence has no cls
+            token (ViTDet keeps the pretraining layout ``(1, 1 + h*w, D)`` and ignores the first row).
+        global_pool: ``"token"`` (cls token, final norm), ``"avg"`` (mean of patch tokens, then
+            ``fc_norm``; the final ``norm`` is removed, as MAE fine-tuning), or ``""`` (no pooling).
+        num_classes: classifier outputs; 0 for none.
+        drop_rate, attn_drop_rate, drop_path_rate: dropout, attention dropout, stochastic depth (linear
+            over depth).
+        init_values: layer-scale init, ``None`` for no layer scale.
+        window_size: window attention size for blocks not in ``global_blocks`` (0: all global).
+        global_blocks: indices of global-attention blocks when ``window_size`` > 0.
+        rel_pos: ``None``, ``"decomposed"`` (ViTDet) or ``"bias"`` (BEiT); see :class:`Attention`.
+        rel_pos_zero_init: start relative-position tables at zero.
+        final_norm: apply ``norm`` after the last block in :meth:`forward_features`.
+    """
+
+    def __init__(self, img_size=224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 class_token: bool = True, pos_embed: str = "sincos", pos_embed_cls: bool | None = None,
+                 global_pool: str = "token", num_classes: int = 0, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, init_values: float | None = None,
+                 window_size: int = 0, global_blocks: Sequence[int] = (), rel_pos: str | None = None,
+                 rel_pos_zero_init: bool = True, final_norm: bool = True,
+                 norm_layer=partial(nn.LayerNorm, eps=1e-6)):
+        super().__init__()
+        if global_pool not in ("token", "avg", ""):
+            raise ValueError(f"VisionTransformer: global_pool must be 'token', 'avg' or '', got {global_pool!r}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("VisionTransformer: global_pool='token' needs class_token=True")
+        if pos_embed not in ("sincos", "learned", "none"):
+            raise ValueError(f"VisionTransformer: pos_embed must be 'sincos', 'learned' or 'none', got {pos_embed!r}")
+        self.img_size = _pair(img_size)
+        self.patch_size = patch_size
+        self.embed_dim = self.num_features = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        num_patches = self.grid_size[0] * self.grid_size[1]
+
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
+        self.pos_embed_cls = class_token if pos_embed_cls is None else pos_embed_cls
+        if pos_embed == "none":
+            self.pos_embed = None
+        else:
+            n = num_patches + (1 if self.pos_embed_cls else 0)
+            self.pos_embed = nn.Parameter(torch.zeros(1, n, embed_dim), requires_grad=pos_embed == "learned")
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        global_blocks = set(global_blocks)
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], init_values,
+                  window_size=0 if (window_size == 0 or i in global_blocks) else window_size,
+                  rel_pos=rel_pos, rel_pos_size=self.grid_size, rel_pos_zero_init=rel_pos_zero_init,
+                  num_prefix_tokens=self.num_prefix_tokens, proj_drop=drop_rate, attn_drop=attn_drop_rate,
+                  norm_layer=norm_layer)
+            for i in range(depth)])
+        use_fc_norm = global_pool == "avg"
+        self.norm = norm_layer(embed_dim) if final_norm and not use_fc_norm else nn.Identity()
+        self.fc_norm = norm_layer(embed_dim) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    # ---- init -------------------------------------------------------------------------------------
+    def _init_weights(self):
+        # As the MAE reference: fixed sin-cos positions, xavier for linear layers and the patch conv.
+        if self.pos_embed is not None:
+            pe = get_2d_sincos_pos_embed(self.embed_dim, self.grid_size, cls_token=self.pos_embed_cls)
+            self.pos_embed.data.copy_(pe.unsqueeze(0))
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+        self.apply(_init_module)
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=2e-5)  # MAE fine-tuning's head init
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    # ---- forward ----------------------------------------------------------------------------------
+    def abs_pos_embed(self, hw: tuple[int, int]) -> torch.Tensor | None:
+        """Patch position embeddings for grid ``hw``, ``(1, h*w, D)``, resampled if needed."""
+        if self.pos_embed is None:
+            return None
+        pe = self.pos_embed[:, 1:] if self.pos_embed_cls else self.pos_embed
+        if tuple(hw) != self.grid_size:
+            pe = resample_abs_pos_embed(pe, hw, self.grid_size, num_prefix_tokens=0)
+        return pe
+
+    def prepare_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images ``(B, C, H, W)`` -> tokens ``(B, prefix + h*w, D)`` with positions added, and ``(h, w)``."""
+        x, hw = self.patch_embed(x)
+        pe = self.abs_pos_embed(hw)
+        if pe is not None:
+            x = x + pe
+        if self.cls_token is not None:
+            cls = self.cls_token
+            if self.pos_embed is not None and self.pos_embed_cls:
+                cls = cls + self.pos_embed[:, :1]
+            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x), hw
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> normalised tokens ``(B, prefix + h*w, D)``."""
+        x, hw = self.prepare_tokens(x)
+        for blk in self.blocks:
+            x = blk(x, hw)
+        return self.norm(x)
+
+    def forward_feature_maps(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """Outputs of blocks ``indices`` (0-based, negative counts from the end) as maps ``(B, D, h, w)``.
+
+        Raw block outputs (no final norm), as ViTDet and the MAE segmentation recipe use them; blocks
+        after the last requested one are not run."""
+        idx = sorted({i % self.depth for i in indices})
+        x, hw = self.prepare_tokens(x)
+        out = {}
+        for i, blk in enumerate(self.blocks[: idx[-1] + 1]):
+            x = blk(x, hw)
+            if i in idx:
+                t = x[:, self.num_prefix_tokens:]
+                out[i] = t.transpose(1, 2).reshape(x.shape[0], -1, hw[0], hw[1])
+        return [out[i % self.depth] for i in indices]
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, N, D)`` -> ``(B, D)`` by the cls token or the mean of patch tokens."""
+        if self.global_pool == "avg":
+            return self.fc_norm(x[:, self.num_prefix_tokens:].mean(dim=1))
+        if self.global_pool == "token":
+            return x[:, 0]
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.pool(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, C, H, W)`` -> logits ``(B, num_classes)`` (pooled features if no head)."""
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int):
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=2e-5)
+            nn.init.zeros_(self.head.bias)
+
+
+def _init_module(m: nn.Module):
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# Architecture presets: (patch, embed_dim, depth, heads). ViT-T/S/B/L/H as in the papers; the "mini"
+# presets are sized for a few CPU minutes on 32x32 Fashion-MNIST (see DESIGN.md, calibration).
+VIT_PRESETS: dict[str, dict] = {
+    "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
+    "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
+    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_large_patch16": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+    "vit_huge_patch14": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+    "vit_huge_patch16": dict(patch_size=16, embed_dim=1280, depth=32, num_heads=16),
+    "vit_mini_patch4": dict(img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4),
+    "vit_micro_patch4": dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4),
+}
+
+
+def vit_from_preset(name: str, **overrides) -> VisionTransformer:
+    """``vit_from_preset("vit_base_patch16", num_classes=1000, global_pool="avg")``."""
+    if name not in VIT_PRESETS:
+        raise KeyError(f"unknown ViT preset {name!r}; known: {', '.join(VIT_PRESETS)}")
+    return VisionTransformer(**{**VIT_PRESETS[name], **overrides})
+
+
+def _preset_fn(name):
+    def fn(**kwargs) -> VisionTransformer:
+        return vit_from_preset(name, **kwargs)
+    fn.__name__ = name
+    fn.__doc__ = f"ViT preset {name}: {VIT_PRESETS[name]}"
+    return fn
+
+
+vit_tiny_patch16 = _preset_fn("vit_tiny_patch16")
+vit_small_patch16 = _preset_fn("vit_small_patch16")
+vit_base_patch16 = _preset_fn("vit_base_patch16")
+vit_large_patch16 = _preset_fn("vit_large_patch16")
+vit_huge_patch14 = _preset_fn("vit_huge_patch14")
+vit_huge_patch16 = _preset_fn("vit_huge_patch16")
+vit_mini_patch4 = _preset_fn("vit_mini_patch4")
+vit_micro_patch4 = _preset_fn("vit_micro_patch4")
