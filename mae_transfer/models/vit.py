@@ -298,6 +298,9 @@ class VisionTransformer(nn.Module):
         global_blocks: indices of global-attention blocks when ``window_size`` > 0.
         rel_pos: ``None``, ``"decomposed"`` (ViTDet) or ``"bias"`` (BEiT); see :class:`Attention`.
         rel_pos_zero_init: start relative-position tables at zero.
+        rel_pos_size: the token grid ``(h, w)`` the relative-position tables of global blocks are sized
+            for (default ``img_size // patch_size``). ViTDet sizes them for the detection input (64x64 at
+            1024 px) while ``pos_embed`` keeps the pretraining grid (14x14) and is resampled on the fly.
         final_norm: apply ``norm`` after the last block in :meth:`forward_features`.
     """
 
@@ -307,7 +310,7 @@ class VisionTransformer(nn.Module):
                  global_pool: str = "token", num_classes: int = 0, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, init_values: float | None = None,
                  window_size: int = 0, global_blocks: Sequence[int] = (), rel_pos: str | None = None,
-                 rel_pos_zero_init: bool = True, final_norm: bool = True,
+                 rel_pos_zero_init: bool = True, rel_pos_size=None, final_norm: bool = True,
                  norm_layer=partial(nn.LayerNorm, eps=1e-6)):
         super().__init__()
         if global_pool not in ("token", "avg", ""):
@@ -337,12 +340,13 @@ class VisionTransformer(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, n, embed_dim), requires_grad=pos_embed == "learned")
         self.pos_drop = nn.Dropout(drop_rate)
 
+        rel_pos_grid = self.grid_size if rel_pos_size is None else _pair(rel_pos_size)
         dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
         global_blocks = set(global_blocks)
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], init_values,
                   window_size=0 if (window_size == 0 or i in global_blocks) else window_size,
-                  rel_pos=rel_pos, rel_pos_size=self.grid_size, rel_pos_zero_init=rel_pos_zero_init,
+                  rel_pos=rel_pos, rel_pos_size=rel_pos_grid, rel_pos_zero_init=rel_pos_zero_init,
                   num_prefix_tokens=self.num_prefix_tokens, proj_drop=drop_rate, attn_drop=attn_drop_rate,
                   norm_layer=norm_layer)
             for i in range(depth)])
