@@ -1,0 +1,133 @@
+"""The mmseg backbone on mae_transfer's ViT: equals mmseg's own MAE backbone, loads foreign checkpoints,
+reports bad ones, and its layer-decay constructor follows the core rule."""
+
+import re
+
+import pytest
+import torch
+from mmengine.config import ConfigDict
+
+import segmentation  # noqa: F401  (registers MAEViT, the constructor and the mmseg key converter)
+from mae_transfer.checkpoint import CheckpointMismatchError, load_pretrained, save_checkpoint, to_mae_transfer_keys
+from mae_transfer.models.mae import mae_from_preset
+from mae_transfer.optim import lr_decay_scale
+from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
+from segmentation import MAEViT
+
+SMALL = dict(patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0)
+
+
+def _mmseg_mae(img=32, init_values=1.0):
+    m = MODELS.build(ConfigDict(type="MAE", img_size=img, patch_size=4, embed_dims=64, num_layers=4, num_heads=4,
+                                mlp_ratio=4, out_indices=[0, 1, 3], init_values=init_values,
+                                norm_cfg=dict(type="LN", eps=1e-6)))
+    m.init_weights()
+    with torch.no_grad():  # non-trivial values everywhere, relative-position tables and layer scale included
+        for name, p in m.named_parameters():
+            if "relative_position_bias_table" in name or "gamma" in name or name in ("cls_token", "pos_embed"):
+                p.normal_(0, 0.5 if "gamma" in name else 0.2).add_(1.0 if "gamma" in name else 0.0)
+    m.eval()  # BEiT.train() returns None
+    return m
+
+
+@pytest.mark.parametrize("init_values", [1.0, None])
+def test_feature_maps_equal_mmseg_mae_backbone(init_values):
+    torch.manual_seed(0)
+    ref = _mmseg_mae(init_values=1.0)
+    if init_values is None:  # no layer scale on our side: the reference's gammas must be exactly 1
+        for layer in ref.layers:
+            layer.gamma_1.data.fill_(1.0)
+            layer.gamma_2.data.fill_(1.0)
+    ours = MAEViT(arch=SMALL, img_size=32, out_indices=(0, 1, 3), drop_path_rate=0.0, init_values=init_values).eval()
+    sd, fmt = to_mae_transfer_keys(ref.state_dict())
+    assert fmt == "mmseg"
+    if init_values is None:
+        sd = {k: v for k, v in sd.items() if not re.search(r"ls[12]\.gamma$", k)}
+    ours.vit.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    assert len(got) == 3
+    for w, g in zip(want, got):
+        assert g.shape == w.shape == (2, 64, 8, 8)
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
+
+
+def test_beit_qv_bias_checkpoint_loads_and_matches():
+    """BEiT keeps q_bias / v_bias and no key bias; the converter folds them into qkv.bias."""
+    torch.manual_seed(1)
+    ref = MODELS.build(ConfigDict(type="BEiT", img_size=32, patch_size=4, embed_dims=64, num_layers=2, num_heads=4,
+                                  out_indices=[1], init_values=0.1, norm_cfg=dict(type="LN", eps=1e-6)))
+    ref.eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith(("q_bias", "v_bias", "relative_position_bias_table")):
+                p.normal_(0, 0.3)
+    ours = MAEViT(arch=dict(SMALL, depth=2), img_size=32, out_indices=(1,), drop_path_rate=0.0, init_values=0.1,
+                  pos_embed="none").eval()
+    report = load_pretrained(ours.vit, {"state_dict": {f"backbone.{k}": v for k, v in ref.state_dict().items()}},
+                             log=False)
+    assert report.format == "mmseg" and report.missing == []
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-4, rtol=0)
+
+
+def test_mae_pretrain_checkpoint_loads_with_interpolated_positions(tmp_path):
+    """An MAE pretraining checkpoint (decoder included) at 32 px loads into a 64 px backbone: decoder and
+    final norm dropped, pos_embed resampled, relative-position tables and layer scale left at init."""
+    mae = mae_from_preset("mae_vit_micro_patch4")
+    save_checkpoint({"model": mae.state_dict(), "config": {"preset": "mae_vit_micro_patch4"}}, tmp_path / "mae.pth")
+    bb = MAEViT(arch="vit_micro_patch4", img_size=64, out_indices=(1, 3), init_values=1.0,
+                pretrained=str(tmp_path / "mae.pth"))
+    bb.init_weights()
+    assert bb.vit.pos_embed.shape == (1, 1 + 16 * 16, 64)
+    torch.testing.assert_close(bb.vit.blocks[2].mlp.fc1.weight, mae.blocks[2].mlp.fc1.weight)
+    torch.testing.assert_close(bb.vit.pos_embed[:, :1], mae.pos_embed[:, :1])
+    assert bb.vit.blocks[0].attn.relative_position_bias_table.abs().sum() == 0
+    report = load_pretrained(MAEViT(arch="vit_micro_patch4", img_size=64, out_indices=(3,)).vit, tmp_path / "mae.pth", log=False)
+    assert any(k.startswith("pos_embed") for k in report.resized)
+    assert "decoder_embed.weight" in report.unexpected and "norm.weight" in report.unexpected
+    assert all(re.search(r"relative_position_bias_table$", k) for k in report.missing)
+
+
+def test_wrong_model_weights_raise_naming_the_keys(tmp_path):
+    save_checkpoint({"model": mae_from_preset("mae_vit_mini_patch4").state_dict()}, tmp_path / "mini.pth")
+    bb = MAEViT(arch="vit_micro_patch4", img_size=32, out_indices=(3,), pretrained=str(tmp_path / "mini.pth"))
+    with pytest.raises(CheckpointMismatchError, match=r"mini\.pth.*\n.*(wrong shapes|unexpected)"):
+        bb.init_weights()
+
+
+def test_any_input_size_and_bad_arguments():
+    bb = MAEViT(arch="vit_micro_patch4", img_size=32, out_indices=(0, 3)).eval()
+    with torch.no_grad():
+        out = bb(torch.randn(1, 3, 30, 45))  # padded to 32x48
+    assert [o.shape for o in out] == [(1, 64, 8, 12)] * 2
+    with pytest.raises(ValueError, match="out_indices"):
+        MAEViT(arch="vit_micro_patch4", out_indices=(4,))
+    with pytest.raises(KeyError, match="unknown arch"):
+        MAEViT(arch="vit_gigantic")
+
+
+def test_layer_decay_constructor_uses_core_scales():
+    cfg = ConfigDict(type="EncoderDecoder",
+                     backbone=dict(type="MAEViT", arch="vit_micro_patch4", img_size=32, out_indices=(0, 1, 2, 3)),
+                     neck=dict(type="Feature2Pyramid", embed_dim=64, rescales=[4, 2, 1, 0.5], norm_cfg=dict(type="BN")),
+                     decode_head=dict(type="FCNHead", in_channels=64, in_index=2, channels=16, num_classes=3,
+                                      norm_cfg=dict(type="BN")))
+    model = MODELS.build(cfg)
+    ctor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
+        type="ViTLayerDecayOptimizerConstructor",
+        optim_wrapper_cfg=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05)),
+        paramwise_cfg=dict(layer_decay=0.65)))
+    opt = ctor(model).optimizer
+    by_name = {n: g for g in opt.param_groups for n in g["param_names"]}
+    assert set(by_name) == {n for n, p in model.named_parameters() if p.requires_grad}
+    for name in ("backbone.vit.patch_embed.proj.weight", "backbone.vit.blocks.2.attn.qkv.weight",
+                 "backbone.vit.blocks.3.mlp.fc2.bias", "neck.upsample_4x.0.weight", "decode_head.conv_seg.weight"):
+        scale = lr_decay_scale(name[len("backbone.vit."):], 4, 0.65) if name.startswith("backbone") else 1.0
+        assert by_name[name]["lr"] == pytest.approx(1e-3 * scale)
+    assert by_name["backbone.vit.blocks.0.attn.qkv.weight"]["lr"] == pytest.approx(1e-3 * 0.65 ** 4)
+    assert by_name["backbone.vit.blocks.0.attn.relative_position_bias_table"]["weight_decay"] == 0
+    assert by_name["backbone.vit.pos_embed"]["weight_decay"] == 0
+    assert by_name["backbone.vit.blocks.1.mlp.fc1.weight"]["weight_decay"] == 0.05
