@@ -60,8 +60,11 @@ class LoadReport:
 
     def __str__(self):
         parts = [f"loaded {self.source} ({self.format} format)"]
-        for name, keys in (("newly initialised", self.missing), ("dropped", self.unexpected),
-                           ("resized", self.resized)):
+        decoder = [k for k in self.unexpected if MAE_DECODER_KEYS.match(k)]
+        dropped = [k for k in self.unexpected if k not in decoder]
+        if decoder:
+            dropped.insert(0, f"MAE decoder ({len(decoder)} tensors)")
+        for name, keys in (("newly initialised", self.missing), ("dropped", dropped), ("resized", self.resized)):
             if keys:
                 parts.append(f"{name} ({len(keys)}): {_short_list(keys)}")
         return "; ".join(parts)
@@ -177,7 +180,8 @@ def adapt_state_dict(sd: dict, model: nn.Module) -> tuple[dict, list[str]]:
         ckpt_prefix = 1 if side * side == n_ckpt - 1 else 0
         grid_ckpt = _grid_of(n_ckpt - ckpt_prefix)
         prefix, patches = pe[:, :ckpt_prefix], pe[:, ckpt_prefix:]
-        patches = resample_abs_pos_embed(patches, model.grid_size, grid_ckpt, num_prefix_tokens=0)
+        patches = resample_abs_pos_embed(patches, model.grid_size, grid_ckpt, num_prefix_tokens=0,
+                                         antialias=True)  # as timm
         if n_model_prefix:
             prefix = prefix if ckpt_prefix else torch.zeros_like(patches[:, :1])
             patches = torch.cat([prefix[:, :n_model_prefix], patches], dim=1)

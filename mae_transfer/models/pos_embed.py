@@ -32,10 +32,13 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size, cls_token: bool = False) 
     return emb.float()
 
 
-def resample_abs_pos_embed(pos_embed: torch.Tensor, new_size, old_size=None, num_prefix_tokens: int = 1) -> torch.Tensor:
+def resample_abs_pos_embed(pos_embed: torch.Tensor, new_size, old_size=None, num_prefix_tokens: int = 1,
+                           antialias: bool = False) -> torch.Tensor:
     """Bicubic resampling of ``(1, prefix + h*w, D)`` position embeddings to grid ``new_size``.
 
-    Prefix (cls) rows are kept as they are. ``old_size`` defaults to a square grid."""
+    Prefix (cls) rows are kept as they are. ``old_size`` defaults to a square grid. ``antialias=False``
+    is what ViTDet, MMSegmentation and the MAE reference do on the fly; checkpoint conversion uses
+    ``antialias=True`` as timm does (PyTorch's antialiased bicubic, which also differs when upsampling)."""
     new_size = (new_size, new_size) if isinstance(new_size, int) else tuple(new_size)
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     n, D = grid.shape[1], grid.shape[2]
@@ -51,6 +54,6 @@ def resample_abs_pos_embed(pos_embed: torch.Tensor, new_size, old_size=None, num
         return pos_embed
     dtype = grid.dtype
     grid = grid.reshape(1, old_size[0], old_size[1], D).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_size, mode="bicubic", align_corners=False)
+    grid = F.interpolate(grid, size=new_size, mode="bicubic", align_corners=False, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, D).to(dtype)
     return torch.cat([prefix, grid], dim=1) if num_prefix_tokens else grid

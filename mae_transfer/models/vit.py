@@ -341,7 +341,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
 
         rel_pos_grid = self.grid_size if rel_pos_size is None else _pair(rel_pos_size)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]  # linear rule
         global_blocks = set(global_blocks)
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], init_values,

@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Convert a ViT / MAE checkpoint between formats.
+
+    python tools/convert.py IN.pth OUT.pth [--to ours|timm|detectron2] [--keep-decoder]
+
+IN may be any format mae_transfer.checkpoint reads (ours, official MAE, timm/DeiT, our Detectron2 or
+MMSegmentation adapters' checkpoints). Output formats:
+  ours        {"model": encoder state dict [+ MAE decoder with --keep-decoder], "source": IN, "format": ...}
+  timm        a plain timm VisionTransformer state dict (encoder only)
+  detectron2  {"model": {"backbone.net.<key>": ...}} for the ViTDet backbone (encoder only)
+Everything is read with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mae_transfer.checkpoint import (MAE_DECODER_KEYS, CheckpointError, extract_state_dict, load_file,
+                                     save_checkpoint, to_mae_transfer_keys)
+
+
+def convert(src: str, dst: str, to: str = "ours", keep_decoder: bool = False) -> dict:
+    sd, fmt = to_mae_transfer_keys(extract_state_dict(load_file(src), src))
+    if fmt == "unknown":
+        raise CheckpointError(f"{src}: no ViT keys found (expected e.g. blocks.0.attn.qkv.weight)")
+    if not (keep_decoder and to == "ours"):
+        sd = {k: v for k, v in sd.items() if not MAE_DECODER_KEYS.match(k)}
+    if to == "ours":
+        out = {"model": sd, "source": str(src), "source_format": fmt}
+    elif to == "timm":
+        out = sd
+    elif to == "detectron2":
+        out = {"model": {f"backbone.net.{k}": v for k, v in sd.items()}}
+    else:
+        raise ValueError(f"unknown output format {to!r}")
+    save_checkpoint(out, dst)
+    return {"from": fmt, "to": to, "tensors": len(sd)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("--to", default="ours", choices=["ours", "timm", "detectron2"])
+    ap.add_argument("--keep-decoder", action="store_true", help="keep MAE decoder weights (format 'ours' only)")
+    args = ap.parse_args(argv)
+    try:
+        info = convert(args.src, args.dst, args.to, args.keep_decoder)
+    except CheckpointError as e:
+        sys.exit(f"convert: {e}")
+    print(f"converted {args.src} ({info['from']} format, {info['tensors']} tensors) -> {args.dst} ({info['to']})")
+
+
+if __name__ == "__main__":
+    main()
