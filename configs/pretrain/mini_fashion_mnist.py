@@ -1,0 +1,28 @@
+# The small CPU default (what `python pretrain/run.py` runs with no --config): vit_mini_patch4
+# (128-d x 6 blocks, patch 4) on Fashion-MNIST at 32x32, sized for minutes on 2 CPU cores.
+# Recipe shapes follow the MAE paper; sizes (epochs, subsets, lr) were chosen by measurement on CPU.
+model = "vit_mini_patch4"
+img_size = 32
+batch_size = 256
+num_workers = 0
+
+pretrain = dict(
+    epochs=2, warmup_epochs=0.25, blr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.95),
+    mask_ratio=0.75, norm_pix_loss=True, crop_scale=(0.2, 1.0),
+)
+linprobe = dict(
+    epochs=10, warmup_epochs=1, optimizer="adamw", blr=1e-3, weight_decay=0.0, augment=False,
+    train_subset=10000, eval_subset=5000,
+)
+finetune = dict(
+    epochs=1, warmup_epochs=0.2, blr=1e-3, weight_decay=0.05, layer_decay=0.75, drop_path=0.1,
+    crop_scale=(0.35, 1.0), smoothing=0.1, train_subset=8000, eval_subset=5000,
+)
+partial = dict(
+    epochs=1, warmup_epochs=0.2, blr=1e-3, weight_decay=0.05, layer_decay=0.75, drop_path=0.0,
+    crop_scale=(0.35, 1.0), smoothing=0.1, blocks=2, train_subset=8000, eval_subset=5000,
+)
+supervised = dict(
+    epochs=1, warmup_epochs=0.1, blr=1e-3, weight_decay=0.05, drop_path=0.1, crop_scale=(0.35, 1.0),
+    smoothing=0.1, train_subset=20000, eval_subset=5000,
+)

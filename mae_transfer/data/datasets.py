@@ -1,0 +1,215 @@
+"""Datasets for pretraining and classification: Fashion-MNIST, ImageFolder trees, and the seeded
+wrapper that makes every sample's augmentation (and MAE mask) a function of ``(seed, epoch, index)``.
+
+That last property is what makes runs reproducible whatever the number of processes or loader workers,
+and resumed runs bitwise equal to uninterrupted ones: nothing about a sample depends on which process
+drew it or on RNG state carried between samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .fashion_mnist import CLASSES as FASHION_CLASSES
+from .fashion_mnist import DEFAULT_ROOT as FASHION_ROOT
+from .fashion_mnist import DataError, load_fashion_mnist
+
+logger = logging.getLogger("mae_transfer")
+
+__all__ = ["DataError", "FashionMNIST", "ImageFolder", "SeededDataset", "Subset", "open_dataset",
+           "is_fashion_mnist_dir", "sample_seed", "IMG_EXTENSIONS", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD"]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Grey-level statistics of the 60k training images after zero-padding 28 -> 32 (measured once).
+FASHION_MNIST_MEAN = (0.2190,) * 3
+FASHION_MNIST_STD = (0.3318,) * 3
+
+
+def is_fashion_mnist_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return any((p / n).is_file() for n in ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte",
+                                            "t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte"))
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST as RGB PIL images: the 28x28 grey photo zero-padded by 2 px to 32x32 (the product
+    background is black, so padding adds no edge; resizing would blur the 1-px details), grey copied to
+    3 channels so ImageNet-shaped models and checkpoints apply unchanged.
+
+    Args:
+        split: "train" (60k) or "test" (10k).
+        root: folder with the IDX files (default /usr/share/datasets/fashion-mnist).
+    Items: ``(PIL.Image RGB 32x32, label int, skipped=0)``.
+    """
+
+    classes = FASHION_CLASSES
+    mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
+    def __init__(self, split: str = "train", root: str | os.PathLike | None = None):
+        images, labels = load_fashion_mnist(split, root)
+        self.images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+        self.labels = labels
+        self.root = str(root or FASHION_ROOT)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, i: int) -> tuple[Image.Image, int, int]:
+        return Image.fromarray(self.images[i], mode="L").convert("RGB"), int(self.labels[i]), 0
+
+
+class ImageFolder(Dataset):
+    """Images under ``root/<class>/**/*.jpg`` (labels = sorted class folders), or directly under ``root``
+    (one class; MAE ignores labels anyway).
+
+    Args:
+        root: the folder.
+        min_size: smallest usable side in pixels (one patch); smaller images count as unusable.
+        bad_images: ``"skip"``: an unreadable, truncated or too-small image is replaced by the next usable
+            one, counted (``skipped`` in each item) and logged with its path; ``"error"``: raise
+            :class:`DataError` naming it.
+    Items: ``(PIL.Image RGB, label, skipped)`` where ``skipped`` is the number of bad files passed over.
+    """
+
+    mean = std = None  # the caller's (ImageNet statistics by default)
+
+    def __init__(self, root: str | os.PathLike, min_size: int = 1, bad_images: str = "skip"):
+        if bad_images not in ("skip", "error"):
+            raise ValueError(f"bad_images must be 'skip' or 'error', got {bad_images!r}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"image folder {str(self.root)!r} does not exist or is not a folder")
+        self.min_size, self.bad_images = min_size, bad_images
+        subdirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.samples: list[tuple[str, int]] = []
+        self.classes = [d.name for d in subdirs]
+        for label, d in enumerate(subdirs):
+            self.samples += [(f, label) for f in _image_files(d)]
+        loose = [(str(f), 0) for f in sorted(self.root.iterdir()) if f.suffix.lower() in IMG_EXTENSIONS and f.is_file()]
+        if loose and not self.samples:
+            self.classes, self.samples = [self.root.name], loose
+        if not self.samples:
+            raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) found in {str(self.root)!r}")
+        self.labels = np.array([s[1] for s in self.samples], dtype=np.int64)
+        self._warned = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _open(self, path: str) -> Image.Image:
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")  # forces a full decode: truncated files fail here
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        if min(img.size) < self.min_size:
+            raise DataError(f"image {path} is {img.size[0]}x{img.size[1]}, smaller than one "
+                            f"{self.min_size}x{self.min_size} patch")
+        return img
+
+    def load(self, i: int) -> tuple[Image.Image, int, int]:
+        for skipped in range(min(64, len(self))):
+            path, label = self.samples[(i + skipped) % len(self)]
+            try:
+                return self._open(path), label, skipped
+            except DataError as e:
+                if self.bad_images == "error":
+                    raise
+                if self._warned < 20:
+                    self._warned += 1
+                    logger.warning("skipping unusable image (%s)%s", e,
+                                   "; further ones are only counted" if self._warned == 20 else "")
+        raise DataError(f"{min(64, len(self))} consecutive unusable images in {self.root} from "
+                        f"{self.samples[i][0]}: is the folder readable?")
+
+
+def _image_files(d: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(d):
+        dirnames.sort()
+        out += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMG_EXTENSIONS)]
+    return out
+
+
+class Subset(Dataset):
+    """The first ``n`` items of a permutation fixed by ``seed`` (so every run and every seed of a
+    comparison sees the same subset). ``n = 0`` or ``n >= len``: the whole dataset, in order."""
+
+    def __init__(self, base, n: int, seed: int = 0):
+        self.base = base
+        self.indices = (np.random.default_rng(seed).permutation(len(base))[:n] if 0 < n < len(base)
+                        else np.arange(len(base)))
+        self.labels = np.asarray(base.labels)[self.indices]
+        self.classes, self.mean, self.std = base.classes, base.mean, base.std
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, i: int):
+        return self.base.load(int(self.indices[i]))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for one sample in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class SeededDataset(Dataset):
+    """Applies ``transform(img, rng)`` to ``base.load(i)`` with ``rng = random.Random(seed(seed, epoch, i))``.
+
+    Args:
+        base: a dataset with ``load(i) -> (PIL image, label, skipped)``.
+        transform: ``(PIL image, random.Random) -> tensor (C, H, W)`` (see ``mae_transfer.data.transforms``).
+        seed: run seed.
+        noise_len: if > 0, also return ``noise`` ``(noise_len,)`` uniform [0, 1) from the same seed: the MAE
+            masking noise, so a sample's mask does not depend on the process that drew it.
+    Items: dict with ``img`` (C, H, W), ``label`` (), ``index`` (), ``skipped`` () and maybe ``noise``.
+    Call :meth:`set_epoch` before building each epoch's loader iterator.
+    """
+
+    def __init__(self, base, transform: Callable, seed: int = 0, noise_len: int = 0):
+        self.base, self.transform, self.seed, self.noise_len = base, transform, seed, noise_len
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        img, label, skipped = self.base.load(i)
+        s = sample_seed(self.seed, self.epoch, i)
+        item = {"img": self.transform(img, random.Random(s)), "label": torch.tensor(label),
+                "index": torch.tensor(i), "skipped": torch.tensor(skipped)}
+        if self.noise_len:
+            item["noise"] = torch.from_numpy(np.random.default_rng(s).random(self.noise_len, dtype=np.float32))
+        return item
+
+
+def open_dataset(data: str | None, split: str, min_size: int = 1, bad_images: str = "skip",
+                 val_data: str | None = None):
+    """The ``split`` ("train" or "val") of ``data``: a Fashion-MNIST IDX folder (None: the built-in one),
+    an ImageFolder with ``train/`` and ``val/`` inside, or the training ImageFolder itself (then the
+    held-out images come from ``val_data``). Returns None for "val" when there is none."""
+    if data is None or is_fashion_mnist_dir(data):
+        return FashionMNIST("train" if split == "train" else "test", data)
+    root = Path(data)
+    if not root.exists():
+        raise DataError(f"data path {data!r} does not exist")
+    if split == "train":
+        return ImageFolder(root / "train" if (root / "train").is_dir() else root, min_size, bad_images)
+    if val_data:
+        return ImageFolder(val_data, min_size, bad_images)
+    if (root / "val").is_dir():
+        return ImageFolder(root / "val", min_size, bad_images)
+    return None

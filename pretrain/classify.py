@@ -1,0 +1,192 @@
+"""Classification tasks: linear probe, fine-tune, partial fine-tune, supervised training from scratch.
+
+- ``linprobe``: frozen encoder; features = cls token after the final norm (``linprobe_pool=token``, the
+  paper's protocol) or mean of patch tokens; head = ``BatchNorm1d(affine=False, eps=1e-6)`` + linear,
+  as the MAE reference. Without augmentation (``augment=False``) and with ``cache_features`` the frozen
+  features are extracted once and the head trains on them (same result, far cheaper on CPU).
+- ``finetune``: the whole encoder, layer-wise lr decay, drop path, timm Mixup/CutMix, label smoothing,
+  global average pooling + ``fc_norm`` (the MAE fine-tuning default).
+- ``partial``: as fine-tune, but only the last ``blocks`` blocks (+ ``fc_norm``/``norm`` and the head)
+  train; ``blocks=0`` trains the head alone (the paper's Figure 9).
+- ``supervised``: the same ViT from scratch with labels; its final checkpoint is the "supervised
+  pretrained" initialisation for detection / segmentation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+from timm.layers import trunc_normal_
+from tqdm import tqdm
+
+from mae_transfer.checkpoint import load_pretrained
+from mae_transfer.models.vit import VIT_PRESETS, VisionTransformer
+from mae_transfer.optim import param_groups
+
+from .config import ConfigError
+from .data import make_transform, norm_stats, seeded, splits
+from .distributed import DistEnv, all_gather_objects, all_reduce_sum
+
+logger = logging.getLogger("pretrain")
+
+
+def vit_kwargs(cfg: dict, num_classes: int) -> dict:
+    if cfg["model"] not in VIT_PRESETS:
+        raise ConfigError(f"unknown model {cfg['model']!r}; known: {', '.join(VIT_PRESETS)}")
+    mode = cfg["mode"]
+    pool = cfg["linprobe_pool"] if mode == "linprobe" else cfg["global_pool"]
+    if pool not in ("token", "avg"):
+        raise ConfigError(f"{'linprobe_pool' if mode == 'linprobe' else 'global_pool'} must be token or avg, got {pool!r}")
+    return {**VIT_PRESETS[cfg["model"]], "img_size": cfg["img_size"], "num_classes": num_classes,
+            "global_pool": pool, "drop_path_rate": 0.0 if mode == "linprobe" else cfg["drop_path"]}
+
+
+class _Features(torch.utils.data.Dataset):
+    """Cached features: items ``{"img": (D,), "label": ()}``."""
+
+    def __init__(self, feats: torch.Tensor, labels: torch.Tensor):
+        self.feats, self.labels = feats, labels
+
+    def set_epoch(self, epoch: int):
+        pass
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"img": self.feats[i], "label": self.labels[i]}
+
+
+class ClassifyTask:
+    """See ``pretrain/engine.py`` for the task interface."""
+
+    def __init__(self, cfg: dict, env: DistEnv):
+        self.cfg, self.env, mode = cfg, env, cfg["mode"]
+        weights = cfg["weights"]
+        if mode == "supervised" and weights not in (None, "none"):
+            raise ConfigError("supervised trains from scratch: drop --weights (use --mode finetune to start from weights)")
+        if mode != "supervised" and weights is None:
+            raise ConfigError(f"--mode {mode} needs --weights CHECKPOINT (or --weights none for a random-init encoder)")
+        train, val = splits(cfg, VIT_PRESETS.get(cfg["model"], {}).get("patch_size", 1), need_val=True)
+        self.num_classes = cfg["num_classes"] or len(train.classes)
+        self.model_kwargs = vit_kwargs(cfg, self.num_classes)
+        torch.manual_seed(cfg["seed"])
+        model = VisionTransformer(**self.model_kwargs)
+        if cfg["img_size"] % model.patch_size:
+            raise ConfigError(f"img_size {cfg['img_size']} is not a multiple of the patch size {model.patch_size}")
+        self.weights_format = "random init" if weights in (None, "none") else None
+        if self.weights_format is None:
+            self.load_report = load_pretrained(model, weights)
+            self.weights_format = self.load_report.format
+            logger.info("%s", self.load_report)
+        if mode == "linprobe":
+            model.head = nn.Sequential(nn.BatchNorm1d(model.embed_dim, affine=False, eps=1e-6), model.head)
+            trunc_normal_(model.head[1].weight, std=0.01)  # the MAE linear-probe head init
+            for name, p in model.named_parameters():
+                p.requires_grad = name.startswith("head.")
+        elif mode == "partial":
+            k = cfg["blocks"]
+            if not 0 <= k <= model.depth:
+                raise ConfigError(f"blocks={k}: the encoder has {model.depth} blocks")
+            trainable = tuple(f"blocks.{i}." for i in range(model.depth - k, model.depth)) + ("norm.", "fc_norm.", "head.")
+            for name, p in model.named_parameters():
+                p.requires_grad = name.startswith(trainable)
+        self.full_model = model.to(env.device)
+        self.mean, self.std = norm_stats(cfg, train)
+        finetune = mode in ("finetune", "partial", "supervised")
+        self.eval_tf = make_transform(cfg, self.mean, self.std, train=False)
+        self.val = seeded(val, self.eval_tf, cfg["seed"])
+        self.cached = mode == "linprobe" and cfg["cache_features"] and not cfg["augment"]
+        if self.cached:
+            self.train_set = _Features(*self._extract(seeded(train, self.eval_tf, cfg["seed"]), "train"))
+            self.val_feats = self._extract(self.val, "val")
+            self.model = model.head
+        else:
+            self.train_set = seeded(train, make_transform(cfg, self.mean, self.std, train=True, finetune=finetune), cfg["seed"])
+            self.model = self.full_model
+        self.mixup = None
+        if finetune and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):
+            from timm.data import Mixup
+            self.mixup = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], label_smoothing=cfg["smoothing"],
+                               num_classes=self.num_classes)
+        if self.mixup is not None:
+            from timm.loss import SoftTargetCrossEntropy
+            self.criterion = SoftTargetCrossEntropy()
+        elif cfg["smoothing"] > 0:
+            from timm.loss import LabelSmoothingCrossEntropy
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        logger.info("%s: %d trainable parameters, %d training / %d test images, %d classes", mode, n_train,
+                    len(train), len(val), self.num_classes)
+
+    # ---- features (cached linear probe) -----------------------------------------------------------
+    @torch.no_grad()
+    def _extract(self, ds, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen pooled features of ``ds``, each rank a strided share, gathered on every rank."""
+        enc, dev = self.full_model, self.env.device
+        enc.eval()
+        idx = list(range(self.env.rank, len(ds), self.env.world_size))
+        bs = max(self.cfg["batch_size"], 256)
+        feats = []
+        for s in tqdm(range(0, len(idx), bs), desc=f"features ({name})", disable=not (self.env.is_main and self.cfg["progress"]),
+                      dynamic_ncols=True):
+            items = [ds[i] for i in idx[s:s + bs]]
+            x = torch.stack([it["img"] for it in items]).to(dev)
+            feats.append(enc.forward_head(enc.forward_features(x), pre_logits=True).float().cpu())
+        mine = torch.cat(feats) if feats else torch.zeros(0, enc.embed_dim)
+        out = torch.zeros(len(ds), enc.embed_dim)
+        for r, part in enumerate(all_gather_objects(mine)):
+            out[r::self.env.world_size] = part
+        labels = torch.as_tensor(ds.base.labels)
+        return out, labels
+
+    # ---- engine interface -------------------------------------------------------------------------
+    def param_groups(self):
+        ld = self.cfg["layer_decay"] if self.cfg["mode"] in ("finetune", "partial") else None
+        if self.cached:
+            return param_groups(self.model, self.cfg["weight_decay"])
+        return param_groups(self.model, self.cfg["weight_decay"], layer_decay=ld)
+
+    def train_mode(self, model):
+        if self.cfg["mode"] == "linprobe":
+            self.full_model.eval()
+            self.full_model.head.train()
+        else:
+            model.train()
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        x, y = batch["img"], batch["label"]
+        if self.mixup is not None:
+            x, y = self.mixup(x, y)
+        return self.criterion(model(x).float(), y)
+
+    @torch.no_grad()
+    def evaluate(self, model=None) -> dict:
+        """Top-1 / top-5 (%) on the whole test set, exact under DDP (each rank a disjoint share)."""
+        dev, W, r = self.env.device, self.env.world_size, self.env.rank
+        self.full_model.eval()
+        stats = torch.zeros(3, dtype=torch.float64)
+        bs = max(self.cfg["batch_size"], 256)
+        if self.cached:
+            feats, labels = self.val_feats
+            chunks = [(feats[r::W][s:s + bs], labels[r::W][s:s + bs]) for s in range(0, len(labels[r::W]), bs)]
+            forward = self.full_model.head
+        else:
+            idx = list(range(r, len(self.val), W))
+            chunks = (([self.val[i] for i in idx[s:s + bs]]) for s in range(0, len(idx), bs))
+            chunks = ((torch.stack([it["img"] for it in c]), torch.stack([it["label"] for it in c])) for c in chunks)
+            forward = self.full_model
+        for x, y in chunks:
+            logits = forward(x.to(dev)).float()
+            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
+            stats += torch.tensor([(top5[:, 0] == y).sum().item(), (top5 == y[:, None]).any(1).sum().item(), len(y)],
+                                  dtype=torch.float64)
+        stats = all_reduce_sum(stats)
+        return {"top1": 100.0 * stats[0].item() / stats[2].item(), "top5": 100.0 * stats[1].item() / stats[2].item()}
+
+    def finish(self, out, history) -> dict:
+        return self.evaluate()
