@@ -49,7 +49,7 @@ def _to_display(x: torch.Tensor, mean, std) -> torch.Tensor:
     """(C, H, W) normalised -> (H, W, C) in [0, 1]."""
     mean = torch.tensor(mean).view(-1, 1, 1)
     std = torch.tensor(std).view(-1, 1, 1)
-    return (x.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0)
+    return (x.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
 def save_reconstruction_figure(model, imgs: torch.Tensor, path: str | os.PathLike, mean: Sequence[float],

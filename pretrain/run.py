@@ -82,6 +82,8 @@ def run_mode(cfg: dict, env) -> dict:
     from pretrain.engine import Trainer, TrainingDiverged
 
     out = Path(cfg["out"])
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output directory {str(out)!r} exists and is not a directory")
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".checkpoint-*.tmp"):  # left by a process killed while writing
@@ -163,7 +165,7 @@ def run_sweep(file_cfg: dict, flags: dict, overrides: dict, env) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     if args.help_config:
         for k, (d, t, h) in FIELDS.items():
             print(f"{k:20s} {t.__name__:6s} default {d!r:24s} {h}")
