@@ -99,6 +99,31 @@ def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w:
     return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, h * w, h * w)
 
 
+def fold_decomposed_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor,
+                            rel_pos_w: torch.Tensor, hw: tuple[int, int]):
+    """The decomposed relative position folded into queries and keys, so attention needs no bias tensor.
+
+    With ``rel_h = q . R_h`` (one value per key row) and ``rel_w = q . R_w`` (per key column),
+    ``q' = [q * scale, rel_h, rel_w]`` and ``k' = [k, onehot(key row), onehot(key column)]`` give
+    ``q' . k' = scale * q . k + rel_h[row(k)] + rel_w[col(k)]``: the same logits as
+    :func:`decomposed_rel_pos_bias`, but SDPA can use its flash / memory-efficient kernels and never
+    materialises an ``(h*w, h*w)`` bias per head. q, k, v are zero-padded to one head width, a multiple
+    of 8 (what those kernels need). Call SDPA with ``scale=1`` and keep the first ``C`` output channels.
+
+    q, k, v: (B, heads, h*w, C). Returns q', k', v' of shape (B, heads, h*w, C'), C' >= C + h + w."""
+    h, w = hw
+    B, nh, N, C = q.shape
+    r_q = q.reshape(B, nh, h, w, C)
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, rel_pos_h).to(q.dtype)).reshape(B, nh, N, h)
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, rel_pos_w).to(q.dtype)).reshape(B, nh, N, w)
+    idx = torch.arange(N, device=q.device)
+    onehot = torch.cat([F.one_hot(idx // w, h), F.one_hot(idx % w, w)], dim=1).to(q.dtype)
+    q = torch.cat([q * C ** -0.5, rel_h, rel_w], dim=-1)
+    k = torch.cat([k, onehot.expand(B, nh, N, h + w)], dim=-1)
+    pad = -q.shape[-1] % 8
+    return F.pad(q, (0, pad)), F.pad(k, (0, pad)), F.pad(v, (0, q.shape[-1] + pad - C))
+
+
 def beit_relative_position_index(hw: tuple[int, int], num_prefix: int) -> torch.Tensor:
     """BEiT's index into a ``((2h-1)(2w-1) + 3, heads)`` table; the 3 extra rows are cls->token,
     token->cls and cls->cls. Returns ``(N, N)`` with ``N = h*w + num_prefix`` (num_prefix 0 or 1)."""
@@ -197,13 +222,14 @@ class Attention(nn.Module):
         """x: (B, N, D); hw: the token grid of x without prefix tokens (needed with rel_pos)."""
         B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = None
+        bias, scale, C = None, None, self.head_dim
         if self.rel_pos == "decomposed":
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, hw).to(q.dtype)
+            q, k, v = fold_decomposed_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, hw)
+            scale = 1.0
         elif self.rel_pos == "bias":
             bias = self._beit_bias(hw).to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                           dropout_p=self.attn_drop if self.training else 0.0)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale,
+                                           dropout_p=self.attn_drop if self.training else 0.0)[..., :C]
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
 
 
