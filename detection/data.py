@@ -1,0 +1,314 @@
+"""COCO-format datasets: up-front validation and registration in detectron2's catalogs.
+
+Any COCO-format instances json can be used without writing code (``tools/train_det.py --train-json
+--train-images --val-json --val-images`` or the config's ``data`` fields). Before detectron2 sees it, the
+json is checked here so that bad input gives a clear error naming the item, or a logged count of skipped
+annotations, never a crash deep inside detectron2:
+
+errors (the dataset cannot be used as it is)
+    unreadable json; missing ``images`` / ``annotations`` / ``categories``; an image without ``id`` or
+    ``file_name``; duplicate image or category ids; image files missing on disk; an annotation without
+    ``image_id`` / ``category_id``, or pointing at an unknown image or a category id not in
+    ``categories``; an empty dataset (no images, or a training set without any usable annotation).
+repaired, with a count in the log
+    boxes reaching outside the image are clipped to it; ``width``/``height`` missing are read from the
+    image file; a missing ``bbox`` is derived from the mask, a missing ``area`` from the mask (or box);
+    missing ``iscrowd`` is 0 and detectron2-unsupported ``ignore: 1`` becomes ``iscrowd: 1``; missing
+    annotation ids are assigned.
+skipped, with a count in the log
+    boxes that are malformed or of zero area inside the image; polygons with an odd number of
+    coordinates, fewer than 3 points or zero area; RLE masks whose size is not the image's or that are
+    empty; and, in datasets with masks, annotations left without any valid mask.
+
+The cleaned json is written next to the run's outputs and registered with detectron2's
+``register_coco_instances`` so the same file serves the data loader and ``COCOEvaluator``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CocoFormatError", "ValidationReport", "validate_coco_json", "register_coco_dataset"]
+
+logger = logging.getLogger("detectron2.mae_transfer.data")
+
+
+class CocoFormatError(ValueError):
+    """A COCO json (or the images it points to) cannot be used; the message names the item at fault."""
+
+
+@dataclass
+class ValidationReport:
+    json_file: str
+    num_images: int = 0
+    num_annotations: int = 0
+    num_categories: int = 0
+    has_masks: bool = False
+    uses_rle: bool = False
+    skipped: Counter = field(default_factory=Counter)   # reason -> annotations dropped
+    repaired: Counter = field(default_factory=Counter)  # what -> items fixed
+
+    def __str__(self):
+        s = (f"{self.json_file}: {self.num_images} images, {self.num_annotations} annotations, "
+             f"{self.num_categories} categories, masks: {'RLE' if self.uses_rle else 'polygons' if self.has_masks else 'none'}")
+        if self.skipped:
+            s += f"; skipped {sum(self.skipped.values())} annotations (" + \
+                 ", ".join(f"{n} {r}" for r, n in self.skipped.most_common()) + ")"
+        if self.repaired:
+            s += "; repaired: " + ", ".join(f"{n} {r}" for r, n in self.repaired.most_common())
+        return s
+
+
+def _items(names, limit: int = 5) -> str:
+    names = list(names)
+    return ", ".join(map(str, names[:limit])) + (f" ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _polygon_area(poly: list[float]) -> float:
+    x, y = np.asarray(poly[0::2], dtype=np.float64), np.asarray(poly[1::2], dtype=np.float64)
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+def _clean_polygons(segm: list, skipped: Counter) -> list[list[float]]:
+    good = []
+    for poly in segm:
+        if not isinstance(poly, (list, tuple)) or not all(_is_number(v) for v in poly):
+            skipped["malformed polygons"] += 1
+        elif len(poly) % 2 or len(poly) < 6:
+            skipped["polygons with an odd number of coordinates or < 3 points"] += 1
+        elif _polygon_area(poly) <= 0:
+            skipped["zero-area polygons"] += 1
+        else:
+            good.append([float(v) for v in poly])
+    return good
+
+
+def _rle_ok(segm: dict, h: int, w: int) -> str | None:
+    """None if ``segm`` is a usable RLE of an (h, w) image, else the reason."""
+    size, counts = segm.get("size"), segm.get("counts")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2) or counts is None:
+        return "malformed RLE masks"
+    if [int(size[0]), int(size[1])] != [h, w]:
+        return "RLE masks of another size than their image"
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
+            return "malformed RLE masks"
+        return None if sum(counts[1::2]) > 0 else "empty masks"
+    if not isinstance(counts, str):
+        return "malformed RLE masks"
+    return None
+
+
+def _mask_stats(segm, h: int, w: int) -> tuple[float, list[float]] | None:
+    """(area, xywh box) of a polygon list or RLE, via pycocotools; None if empty."""
+    from pycocotools import mask as mask_util
+
+    if isinstance(segm, dict):
+        rle = mask_util.frPyObjects(segm, h, w) if isinstance(segm["counts"], list) else \
+            {"size": segm["size"], "counts": segm["counts"].encode() if isinstance(segm["counts"], str) else segm["counts"]}
+    else:
+        rle = mask_util.merge(mask_util.frPyObjects(segm, h, w))
+    area = float(mask_util.area(rle))
+    return (area, [float(v) for v in mask_util.toBbox(rle)]) if area > 0 else None
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def validate_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike, *,
+                       is_train: bool = True, check_files: bool = True) -> tuple[dict, ValidationReport]:
+    """Check and clean a COCO instances json (see the module docstring for the rules).
+
+    Args:
+        json_file: the COCO json.
+        image_root: folder the images' ``file_name`` is relative to.
+        is_train: a training set must keep at least one annotation.
+        check_files: check that every image file exists (and read missing sizes from it).
+    Returns:
+        ``(cleaned json dict, report)``. Raises :class:`CocoFormatError` naming the item at fault.
+    """
+    json_file, image_root = Path(json_file), Path(image_root)
+    src = str(json_file)
+    if not json_file.is_file():
+        raise CocoFormatError(f"COCO json {src!r} does not exist")
+    if not image_root.is_dir():
+        raise CocoFormatError(f"image folder {str(image_root)!r} (for {src}) does not exist")
+    try:
+        with open(json_file) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CocoFormatError(f"{src} is not valid json: {e}") from None
+    if not isinstance(data, dict):
+        raise CocoFormatError(f"{src}: top level is a {type(data).__name__}, a COCO json is an object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise CocoFormatError(f"{src}: missing or non-list top-level key {key!r} (has: {_items(data)})")
+    report = ValidationReport(src)
+
+    cats = {}
+    for i, c in enumerate(data["categories"]):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
+            raise CocoFormatError(f"{src}: categories[{i}] needs an integer 'id' and a 'name', got {c!r:.120}")
+        if c["id"] in cats:
+            raise CocoFormatError(f"{src}: category id {c['id']} appears twice (categories[{i}])")
+        cats[c["id"]] = {"id": c["id"], "name": str(c["name"]), "supercategory": c.get("supercategory", "")}
+    if not cats:
+        raise CocoFormatError(f"{src}: 'categories' is empty")
+
+    images, missing_files = {}, []
+    for i, im in enumerate(data["images"]):
+        if not isinstance(im, dict) or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str):
+            raise CocoFormatError(f"{src}: images[{i}] needs an integer 'id' and a 'file_name', got {im!r:.120}")
+        if im["id"] in images:
+            raise CocoFormatError(f"{src}: image id {im['id']} appears twice (images[{i}], {im['file_name']})")
+        path = image_root / im["file_name"]
+        if check_files and not path.is_file():
+            missing_files.append(im["file_name"])
+            continue
+        h, w = im.get("height"), im.get("width")
+        if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+            if not check_files:
+                raise CocoFormatError(f"{src}: images[{i}] ({im['file_name']}) lacks a positive 'height'/'width'")
+            h, w = _image_size(path)
+            report.repaired["image sizes read from the files"] += 1
+        images[im["id"]] = {"id": im["id"], "file_name": im["file_name"], "height": h, "width": w}
+    if missing_files:
+        raise CocoFormatError(f"{src}: {len(missing_files)} image files missing under {image_root}: "
+                              f"{_items(missing_files)}")
+    if not images:
+        raise CocoFormatError(f"{src}: empty dataset, 'images' is empty")
+
+    has_masks = any(isinstance(a, dict) and a.get("segmentation") and not a.get("iscrowd", 0)
+                    for a in data["annotations"])
+    skipped, repaired = report.skipped, report.repaired
+    anns, used_ids = [], {a["id"] for a in data["annotations"] if isinstance(a, dict) and isinstance(a.get("id"), int)}
+    next_id, seen_ids = max(used_ids, default=0) + 1, set()
+    for i, a in enumerate(data["annotations"]):
+        where = f"annotations[{i}]" + (f" (id {a['id']})" if isinstance(a, dict) and "id" in a else "")
+        if not isinstance(a, dict):
+            raise CocoFormatError(f"{src}: {where} is a {type(a).__name__}, not an object")
+        for key in ("image_id", "category_id"):
+            if key not in a:
+                raise CocoFormatError(f"{src}: {where} has no {key!r}")
+        if a["image_id"] not in images:
+            raise CocoFormatError(f"{src}: {where} refers to image_id {a['image_id']!r}, which is not in 'images'")
+        if a["category_id"] not in cats:
+            raise CocoFormatError(f"{src}: {where} has category_id {a['category_id']!r}, which is not in "
+                                  f"'categories' (ids: {_items(sorted(cats), 12)})")
+        im = images[a["image_id"]]
+        H, W = im["height"], im["width"]
+        out = {"image_id": a["image_id"], "category_id": a["category_id"], "iscrowd": int(bool(a.get("iscrowd", 0)))}
+        if a.get("ignore", 0):
+            out["iscrowd"] = 1
+            repaired["'ignore' annotations turned into crowd regions"] += 1
+        aid = a.get("id")
+        if not isinstance(aid, int) or aid in seen_ids:
+            aid, next_id = next_id, next_id + 1
+            repaired["annotation ids assigned"] += 1
+        seen_ids.add(aid)
+        out["id"] = aid
+
+        segm, stats = a.get("segmentation"), None
+        if isinstance(segm, list) and segm:
+            segm = _clean_polygons(segm, skipped)
+        elif isinstance(segm, dict):
+            reason = _rle_ok(segm, H, W)
+            if reason:
+                skipped[reason] += 1
+                segm = None
+        elif segm:
+            skipped["malformed segmentations"] += 1
+            segm = None
+        if segm:
+            stats = _mask_stats(segm, H, W)
+            if stats is None:
+                skipped["empty masks"] += 1
+                segm = None
+        if segm:
+            out["segmentation"] = segm
+            report.uses_rle |= isinstance(segm, dict) and not out["iscrowd"]
+        elif has_masks and not out["iscrowd"]:
+            skipped["annotations without a valid mask (the dataset has masks)"] += 1
+            continue
+
+        box = a.get("bbox")
+        if box is None and stats is not None:
+            box = stats[1]
+            repaired["boxes derived from masks"] += 1
+        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)):
+            skipped["malformed boxes (not 4 finite numbers)"] += 1
+            continue
+        x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
+        cx0, cy0, cx1, cy1 = min(max(x0, 0), W), min(max(y0, 0), H), min(max(x1, 0), W), min(max(y1, 0), H)
+        if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
+            skipped["zero-area boxes or boxes outside the image"] += 1
+            continue
+        if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
+            repaired["boxes clipped to the image"] += 1
+        out["bbox"] = [float(cx0), float(cy0), float(cx1 - cx0), float(cy1 - cy0)]
+        if _is_number(a.get("area")) and a["area"] > 0:
+            out["area"] = float(a["area"])
+        else:
+            out["area"] = stats[0] if stats is not None else out["bbox"][2] * out["bbox"][3]
+            repaired["areas computed"] += 1
+        anns.append(out)
+
+    report.num_images, report.num_annotations, report.num_categories = len(images), len(anns), len(cats)
+    report.has_masks = has_masks
+    if is_train and not any(not a["iscrowd"] for a in anns):
+        raise CocoFormatError(f"{src}: empty dataset, no usable annotation left for training "
+                              f"({sum(skipped.values())} skipped: {dict(skipped) or 'none given'})")
+    clean = {"info": data.get("info", {}), "licenses": data.get("licenses", []), "categories": list(cats.values()),
+             "images": list(images.values()), "annotations": anns}
+    return clean, report
+
+
+def _write_json_atomic(obj: dict, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def register_coco_dataset(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike,
+                          cache_dir: str | os.PathLike, *, is_train: bool = True,
+                          check_files: bool = True) -> ValidationReport:
+    """Validate ``json_file`` and register the cleaned copy (``cache_dir/<name>.json``) as ``name``.
+
+    Re-registering a name (tests, several runs in one process) replaces the earlier entry."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    clean, report = validate_coco_json(json_file, image_root, is_train=is_train, check_files=check_files)
+    logger.info(f"dataset {name!r}: {report}")
+    clean_path = Path(cache_dir) / f"{name}.json"
+    _write_json_atomic(clean, clean_path)
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, str(clean_path), str(Path(image_root)))
+    MetadataCatalog.get(name).set(source_json=str(json_file), uses_rle=report.uses_rle, has_masks=report.has_masks)
+    return report

@@ -1,0 +1,167 @@
+"""Training and evaluation of a detection LazyConfig with detectron2's own machinery.
+
+The loop is detectron2's: ``AMPTrainer`` (mixed precision, CUDA) or ``SimpleTrainer``, the hooks of its
+``lazyconfig_train_net.py`` (iteration timer, lr scheduler, periodic checkpointer, periodic COCO
+evaluation, writers printing losses, lr and ETA, TensorBoard), DDP through ``launch``. What is ours:
+``--weights`` loading (:mod:`detection.checkpoint`), dataset validation (:mod:`detection.data`), atomic
+checkpoints, and the final ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from detectron2.config import instantiate
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import SafeDetectionCheckpointer, load_weights
+from .lazy import ConfigError
+
+__all__ = ["build_model", "do_test", "do_train", "flat_metrics", "write_metrics", "resolve_weights"]
+
+logger = logging.getLogger("detectron2.mae_transfer")
+
+
+def resolve_weights(weights: str | None) -> str | None:
+    """``None`` for random init ("none", "" or None), else an existing file (clear error otherwise)."""
+    if weights is None or str(weights).strip().lower() in ("", "none"):
+        return None
+    if not Path(weights).is_file():
+        raise ConfigError(f"weights file {weights!r} not found; pass --weights FILE, or --weights none "
+                                f"for random initialisation")
+    return str(weights)
+
+
+def build_model(cfg) -> torch.nn.Module:
+    device = cfg.train.device
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={device} but no CUDA device is available; add train.device=cpu")
+    model = instantiate(cfg.model)
+    return model.to(device)
+
+
+def _ddp(cfg, model):
+    if comm.get_world_size() == 1:
+        return model
+    on_gpu = str(cfg.train.device).startswith("cuda")
+    ddp_cfg = dict(cfg.train.get("ddp", {}))
+    fp16 = ddp_cfg.pop("fp16_compression", False)
+    ddp = DistributedDataParallel(model, device_ids=[comm.get_local_rank()] if on_gpu else None, **ddp_cfg)
+    if fp16 and on_gpu:
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        ddp.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    return ddp
+
+
+def flat_metrics(results: dict) -> dict:
+    """``{"bbox": {"AP": ..}, "segm": {..}}`` -> ``{"bbox/AP": .., "segm/AP": ..}``; NaN -> None, except
+    a task's overall AP, which is 0.0 when the model made no prediction (nothing detected)."""
+    out = {}
+    for task, res in (results or {}).items():
+        for k, v in (res.items() if isinstance(res, dict) else [("", res)]):
+            v = float(v)
+            name = f"{task}/{k}" if k else task
+            out[name] = None if math.isnan(v) else v
+            if k == "AP" and math.isnan(v):
+                out[name] = 0.0
+                out[f"{task}/no_predictions"] = True
+    return out
+
+
+def do_test(cfg, model) -> dict:
+    """COCO evaluation of ``model`` on ``cfg.dataloader.test``; results on the main process, {} elsewhere."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    ret = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process():
+        print_csv_format(ret)
+    return ret
+
+
+class _Evals:
+    """Keeps every periodic evaluation's results (and its wall time) for metrics.json."""
+
+    def __init__(self, cfg, model):
+        self.cfg, self.model, self.history, self.seconds = cfg, model, [], 0.0
+        self.trainer = None
+
+    def __call__(self) -> dict:
+        t = time.perf_counter()
+        ret = do_test(self.cfg, self.model)
+        self.seconds += time.perf_counter() - t
+        it = self.trainer.iter + 1 if self.trainer is not None else 0
+        self.history.append({"iter": it, **{k: v for k, v in flat_metrics(ret).items() if k.endswith("/AP")}})
+        self.last = ret
+        return ret
+
+
+def do_train(cfg, weights: str | None, resume: bool = False) -> dict:
+    """Train ``cfg`` (evaluating every ``train.eval_period`` and at the end). Returns a metrics dict."""
+    t0 = time.perf_counter()
+    model = build_model(cfg)
+    logger.info(f"Model:\n{model}")
+    n_params = sum(p.numel() for p in model.parameters())
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    ddp_model = _ddp(cfg, model)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(ddp_model, train_loader, optim)
+    checkpointer = SafeDetectionCheckpointer(model, cfg.train.output_dir, optimizer=optim, trainer=trainer)
+    evals = _Evals(cfg, ddp_model)
+    evals.trainer = trainer
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        hooks.EvalHook(cfg.train.eval_period, evals),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if comm.is_main_process() else None,
+    ])
+    start_iter = 0
+    if resume and checkpointer.has_checkpoint():
+        checkpointer.resume_or_load("", resume=True)
+        start_iter = trainer.iter + 1
+        logger.info(f"resumed from {checkpointer.get_checkpoint_file()} at iteration {start_iter}")
+    elif weights:
+        load_weights(model, weights)
+    else:
+        logger.info("no --weights: the whole detector starts from random initialisation")
+    if comm.get_world_size() > 1:
+        comm.synchronize()
+    trainer.train(start_iter, cfg.train.max_iter)
+
+    metrics = flat_metrics(getattr(evals, "last", {}))
+    losses = trainer.storage.history("total_loss").values() if "total_loss" in trainer.storage.histories() else []
+    loss_values = [v for v, _ in losses]
+    k = max(1, min(20, len(loss_values) // 4))
+    metrics.update({
+        "wall_s": time.perf_counter() - t0, "eval_s": evals.seconds, "evals": evals.history,
+        "max_iter": int(cfg.train.max_iter), "start_iter": start_iter, "num_params": n_params,
+        "loss_first": sum(loss_values[:k]) / k if loss_values else None,
+        "loss_last": sum(loss_values[-k:]) / k if loss_values else None,
+    })
+    return metrics
+
+
+def write_metrics(path: str | os.PathLike, metrics: dict):
+    """Atomic ``metrics.json`` (rank 0 only)."""
+    if not comm.is_main_process():
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(metrics, f, indent=1, allow_nan=False)
+    os.replace(tmp, path)
+    logger.info(f"metrics written to {path}: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in metrics.items() if k in ("bbox/AP", "segm/AP", "wall_s") and v is not None))

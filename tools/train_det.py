@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Mask R-CNN with a (MAE-)pretrained ViT backbone in Detectron2: train, evaluate, write metrics.json.
+
+    python tools/train_det.py --config vitdet_mae_l --weights mae_pretrain_vit_large.pth --num-gpus 8
+    python tools/train_det.py --config vitdet_scenes_mini --weights output/pretrain/run/checkpoint-final.pth
+    python tools/train_det.py --config vitdet_scenes_demo --weights none --output-dir /tmp/d --seed 1
+    python tools/train_det.py --config vitdet_scenes_mini --eval-only --output-dir DIR   # DIR's last checkpoint
+    python tools/train_det.py --config vitdet_mae_b --train-json my.json --train-images img/ \\
+        --val-json val.json --val-images val/ train.max_iter=20000 dataloader.train.total_batch_size=16
+
+``--config`` is a path or a bare name in configs/detection. ``--weights`` takes any checkpoint
+mae_transfer reads (ours incl. MAE pretraining checkpoints, the official MAE release, timm/DeiT) for the
+backbone, a whole detector checkpoint of ours (e.g. DIR/model_final.pth) for the detector, or ``none``.
+Trailing ``key=value`` pairs override the LazyConfig. Multi-GPU / multi-machine through detectron2's
+``launch`` (on CPU, ``--num-gpus N`` starts N gloo processes). Writes DIR/metrics.json with ``bbox/AP``,
+``segm/AP`` (percent), ``wall_s`` and ``weights``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from detectron2.engine import default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from detection.checkpoint import SafeDetectionCheckpointer, load_weights  # noqa: E402
+from detection.data import CocoFormatError  # noqa: E402
+from detection.engine import build_model, do_test, do_train, flat_metrics, resolve_weights, write_metrics  # noqa: E402
+from detection.lazy import ConfigError, load_config, resolve_config, setup_datasets  # noqa: E402
+from mae_transfer.checkpoint import CheckpointError  # noqa: E402
+
+logger = logging.getLogger("detectron2.mae_transfer")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="LazyConfig path, or a name in configs/detection")
+    p.add_argument("--weights", default=None,
+                   help="backbone / detector checkpoint, or 'none' (default: the config's train.weights)")
+    p.add_argument("--output-dir", default=None, help="default: output/detection/<config name>")
+    p.add_argument("--seed", type=int, default=None, help="default: the config's train.seed (-1: random)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate --weights (a detector checkpoint) or the output dir's last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the output dir's last checkpoint")
+    p.add_argument("--train-json", help="COCO-format training json (with --train-images)")
+    p.add_argument("--train-images", help="folder the training json's file_name entries are relative to")
+    p.add_argument("--val-json", help="COCO-format validation json (with --val-images)")
+    p.add_argument("--val-images", help="folder the validation json's file_name entries are relative to")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs; on CPU gloo processes)")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0)
+    p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 ('auto' on one machine)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="key=value LazyConfig overrides")
+    args = p.parse_args(argv)
+    if args.num_machines > 1 and args.dist_url == "auto":
+        p.error("--num-machines > 1 needs --dist-url tcp://<machine 0>:<port>")
+    return args
+
+
+def setup(args):
+    """Config with overrides, output dir, seed, logging (detectron2's default_setup), datasets."""
+    cfg = load_config(args.config, args.opts)
+    out = args.output_dir or str(Path("output/detection") / resolve_config(args.config).stem)
+    cfg.train.output_dir = out
+    if args.seed is not None:
+        cfg.train.seed = args.seed
+    for flag in ("train_json", "train_images", "val_json", "val_images"):
+        if getattr(args, flag):
+            cfg.data[flag] = getattr(args, flag)
+    args.config_file = str(resolve_config(args.config))
+    default_setup(cfg, args)
+    setup_datasets(cfg, Path(out) / "datasets", need_train=not args.eval_only)
+    return cfg
+
+
+def main(args) -> dict:
+    t0 = time.perf_counter()
+    cfg = setup(args)
+    weights_arg = args.weights if args.weights is not None else cfg.train.get("weights", None)
+    if args.eval_only:
+        weights = resolve_weights(weights_arg) if args.weights is not None else None
+        model = build_model(cfg)
+        if weights is None:
+            ckpt = SafeDetectionCheckpointer(model, cfg.train.output_dir)
+            if not ckpt.has_checkpoint():
+                raise ConfigError(f"--eval-only: no --weights and no checkpoint in {cfg.train.output_dir}")
+            weights = ckpt.get_checkpoint_file()
+        report = load_weights(model, weights)
+        if report.format != "detector":
+            raise CheckpointError(f"--eval-only needs a whole detector checkpoint (e.g. DIR/model_final.pth); "
+                                  f"{weights} holds only backbone weights ({report.format} format)")
+        metrics = flat_metrics(do_test(cfg, model))
+    else:
+        weights = resolve_weights(weights_arg)
+        metrics = do_train(cfg, weights, resume=args.resume)
+    metrics.update(wall_s=time.perf_counter() - t0, weights=str(weights) if weights else "none",
+                   config=args.config_file, seed=int(cfg.train.seed), eval_only=bool(args.eval_only),
+                   world_size=comm.get_world_size(), device=str(cfg.train.device))
+    write_metrics(Path(cfg.train.output_dir) / "metrics.json", metrics)
+    return metrics
+
+
+def _main_or_exit(args):
+    """Bad input (config, data, weights) ends with one line naming the item at fault, exit status 2."""
+    try:
+        return main(args)
+    except (ConfigError, CocoFormatError, CheckpointError) as e:
+        print(f"train_det.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cli(argv=None):
+    args = parse_args(argv)
+    launch(_main_or_exit, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli()
