@@ -115,3 +115,17 @@ def test_skip_bad_data_logs_the_count(scenes, tmp_path):
     assert summary["train"] == {"folder": str(bad / "images" / "training"), "pairs": 47, "skipped": 1}
     names = Path(cfg.train_dataloader.dataset.ann_file).read_text().split()
     assert len(names) == 47 and "000005" not in names
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_through_torchrun(scenes, tmp_path):
+    """torchrun + --launcher pytorch (gloo on CPU): both ranks train, rank 0 writes metrics.json."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           str(REPO / "tools" / "train_seg.py"), "--config", "upernet_mae_mini_scenes", "--weights", "none",
+           "--work-dir", str(tmp_path), "--data-root", str(scenes), "--launcher", "pytorch",
+           "--cfg-options", "train_cfg.max_iters=3", "train_cfg.val_interval=3", *FAST]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["iters"] == 3 and 0 <= metrics["mIoU"] <= 100

@@ -141,8 +141,13 @@ def prepare_config(args):
         cfg.optim_wrapper.type = "OptimWrapper"
         cfg.optim_wrapper.pop("loss_scale", None)
         cfg.optim_wrapper.pop("dtype", None)
-    if args.launcher != "none" and not torch.cuda.is_available():
-        cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "gloo"
+    if args.launcher == "pytorch" and not torch.cuda.is_available():
+        # CPU processes (gloo): mmengine's own init would call torch.cuda.set_device, and its DDP wrapper
+        # would pass a device id; a CPU module takes none
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
     return cfg, path
 
 
