@@ -71,4 +71,4 @@ def mmseg_vit_to_ours(sd: dict) -> dict | None:
     return out
 
 
-register_key_converter("mmseg", mmseg_vit_to_ours)
+register_key_converter("mmseg-vit", mmseg_vit_to_ours)

@@ -40,7 +40,7 @@ def test_feature_maps_equal_mmseg_mae_backbone(init_values):
             layer.gamma_2.data.fill_(1.0)
     ours = MAEViT(arch=SMALL, img_size=32, out_indices=(0, 1, 3), drop_path_rate=0.0, init_values=init_values).eval()
     sd, fmt = to_mae_transfer_keys(ref.state_dict())
-    assert fmt == "mmseg"
+    assert fmt == "mmseg-vit"
     if init_values is None:
         sd = {k: v for k, v in sd.items() if not re.search(r"ls[12]\.gamma$", k)}
     ours.vit.load_state_dict(sd, strict=True)
@@ -67,7 +67,7 @@ def test_beit_qv_bias_checkpoint_loads_and_matches():
                   pos_embed="none").eval()
     report = load_pretrained(ours.vit, {"state_dict": {f"backbone.{k}": v for k, v in ref.state_dict().items()}},
                              log=False)
-    assert report.format == "mmseg" and report.missing == []
+    assert report.format == "mmseg-vit" and report.missing == []
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=1e-4, rtol=0)

@@ -58,6 +58,11 @@ def test_short_run_lowers_loss_and_reports_miou(trained, mae_ckpt):
     losses = [json.loads(line)["loss"] for line in scalars if '"loss"' in line]
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1
     assert (trained / "summary.png").stat().st_size > 0
+    # the trained weights, in our format, load back as an encoder (weights_only, our converter path)
+    from mae_transfer.checkpoint import load_pretrained
+    from segmentation import MAEViT
+    bb = MAEViT(arch="vit_mini_patch4", img_size=64, out_indices=(5,), init_values=1.0)
+    assert load_pretrained(bb.vit, trained / "weights.pth", log=False).format == "mmseg"
     log = next(trained.glob("*/*.log")).read_text()
     assert "MAEViT: loaded" in log and "pos_embed (1, 65, 128)->(1, 257, 128)" in log
 

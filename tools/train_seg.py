@@ -10,8 +10,8 @@
 mae_transfer.checkpoint reads, or ``none`` for random init (default: the config's, i.e. random init).
 Checks the data before training (missing files, label maps that do not fit; ``--skip-bad-data`` leaves bad
 pairs out and logs how many), trains with IoUMetric validation, keeps checkpoints and logs in the work
-dir, and writes WORK_DIR/metrics.json (mIoU, aAcc, mAcc in percent, per-class IoU, wall times, weights)
-and WORK_DIR/summary.png (loss curve, per-class IoU).
+dir, and writes WORK_DIR/metrics.json (mIoU, aAcc, mAcc in percent, per-class IoU, wall times, weights),
+WORK_DIR/summary.png (loss curve, per-class IoU) and WORK_DIR/weights.pth (weights only, our format).
 Multi-GPU / multi-node: torchrun ... --launcher pytorch (mmengine initialises the process group).
 """
 
@@ -220,6 +220,8 @@ def run(args) -> dict:
     from mmengine.logging import MMLogger
     from mmengine.runner import Runner
 
+    from mae_transfer.checkpoint import save_checkpoint
+
     class LastValMetrics(Hook):
         priority = "LOWEST"
         metrics, at_iter = None, -1
@@ -261,6 +263,13 @@ def run(args) -> dict:
         "checkpoint": str(work_dir / f"iter_{runner.iter}.pth"),
     })
     if is_main_process():
+        # mmengine's checkpoints pickle its own classes (refused by weights_only loading): also keep the
+        # weights in our format, so `--weights WORK_DIR/weights.pth` and mae_transfer.checkpoint read them
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        save_checkpoint({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                         "config": {"config": str(cfg_path), "iters": runner.iter, "mIoU": out.get("mIoU")}},
+                        work_dir / "weights.pth")
+        out["weights_file"] = str(work_dir / "weights.pth")
         with open(work_dir / "metrics.json", "w") as f:
             json.dump(out, f, indent=1)
         try:
