@@ -166,3 +166,24 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, c
     assert err[-1].startswith("error: loss is") and "Last good checkpoint" in err[-1] and "checkpoint-final.pth" in err[-1]
     assert (out / "checkpoint-final.pth").read_bytes() == before
     assert json.loads((out / "metrics.json").read_text())["status"] == "diverged"
+
+
+def test_finetune_resume_restores_dropout_mixup_rng(tmp_path):
+    """Fine-tuning draws from the global RNGs (drop path, mixup/cutmix): resuming from a mid-epoch
+    checkpoint must still end bitwise equal."""
+    import shutil
+    torch.manual_seed(0)
+    from mae_transfer.models.vit import vit_from_preset
+    torch.save(vit_from_preset("vit_micro_patch4").state_dict(), tmp_path / "init.pth")
+    common = ["--mode", "finetune", "--weights", str(tmp_path / "init.pth"), *TINY, "train_subset=128",
+              "drop_path=0.2", "mixup=0.8", "cutmix=1.0", "smoothing=0.1", "layer_decay=0.75", "save_every_steps=3",
+              "keep_last=5"]
+    full = tmp_path / "full"
+    assert main(["--out", str(full), *common]) == 0
+    part = tmp_path / "part"
+    part.mkdir()
+    shutil.copy(full / "checkpoint-ep0001-it000002.pth", part)  # as if killed in epoch 2 after 2 steps
+    assert main(["--out", str(part), *common]) == 0
+    _assert_bitwise_equal(_weights(part / "checkpoint-final.pth"), _weights(full / "checkpoint-final.pth"))
+    a, b = (json.loads((d / "metrics.json").read_text())["top1"] for d in (full, part))
+    assert a == b
