@@ -97,7 +97,8 @@ def load_weights(model: nn.Module, path: str) -> LoadReport:
     try:
         report = load_pretrained(vit, sd, log=False)
     except CheckpointMismatchError as e:
-        raise CheckpointMismatchError(f"{e}\n  (loading {path} into the detector's ViT '{name}')") from None
+        msg = str(e).replace("checkpoint state dict", f"checkpoint {path}", 1)
+        raise CheckpointMismatchError(f"{msg}\n  (loading into the detector's ViT '{name}')") from None
     report.source = path
     logger.info(f"backbone '{name}': {report}")
     return report
