@@ -168,6 +168,7 @@ class Trainer:
         self.history: list[dict] = []
         self.last_checkpoint: Path | None = None
         self._writer = None
+        self._purge_step = None
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -227,19 +228,24 @@ class Trainer:
                     self.progress["epoch"], self.progress["iter"], self.progress["step"])
 
     def maybe_resume(self):
-        """Apply ``cfg['resume']``: ``auto`` takes the most advanced loadable checkpoint in the output dir."""
+        """Apply ``cfg['resume']``: ``auto`` takes the most advanced loadable checkpoint in the output dir.
+        Log records written after the resumed point (by the interrupted run) are dropped."""
         mode = self.cfg["resume"]
-        if mode == "none":
-            return
-        if mode != "auto":
+        if mode not in ("none", "auto"):
             self.resume(Path(mode))
-            return
-        for cand in find_resume_checkpoint(self.out):
-            try:
-                self.resume(cand)
-                return
-            except CheckpointError as e:
-                logger.warning("skipping unusable checkpoint: %s", e)
+        elif mode == "auto":
+            for cand in find_resume_checkpoint(self.out):
+                try:
+                    self.resume(cand)
+                    break
+                except CheckpointError as e:
+                    logger.warning("skipping unusable checkpoint: %s", e)
+        self._purge_step = self.progress["step"] + 1 if self.progress["step"] else None
+        log = self.out / "log.jsonl"
+        if self.env.is_main and log.is_file():
+            keep = [line for line in log.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= self.progress["step"]]
+            log.write_text("".join(line + "\n" for line in keep))
 
     # ---- logging ----------------------------------------------------------------------------------
     def _log(self, record: dict):
@@ -250,7 +256,8 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+            # purge events of an interrupted run beyond the resumed step
+            self._writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self._purge_step)
         for k, v in record.items():
             if k not in ("step", "epoch", "iter", "time") and isinstance(v, (int, float)) and v is not None:
                 self._writer.add_scalar(k, v, record["step"])

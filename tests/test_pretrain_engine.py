@@ -82,6 +82,7 @@ def test_sigkill_during_training_then_resume_is_bitwise_equal(reference, tmp_pat
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout
     _assert_bitwise_equal(_weights(out / "checkpoint-final.pth"), _weights(reference / "checkpoint-final.pth"))
+    assert _losses(out) == _losses(reference)  # the log holds each step once, with identical values
 
 
 _KILL_DURING_WRITE = textwrap.dedent("""
