@@ -53,7 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--skip-bad-data", action="store_true",
                    help="leave out bad image/label pairs (and log how many) instead of stopping")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config entries, e.g. train_cfg.max_iters=200 optim_wrapper.optimizer.lr=3e-4")
+                   help="override config entries, e.g. train_cfg.max_iters=200 optim_wrapper.optimizer.lr=3e-4 "
+                        "(a new max_iters also moves the scheduler ends, val and checkpoint intervals tied to it)")
     p.add_argument("--local-rank", "--local_rank", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -95,6 +96,22 @@ def _parse_value(v: str):
         return v
 
 
+def _follow_max_iters(cfg, orig: int | None):
+    """After ``train_cfg.max_iters`` is overridden, move what was tied to the old value with it: scheduler
+    ends (the poly decay still reaches 0 at the last iteration), the validation and checkpoint interval."""
+    new = (cfg.get("train_cfg") or {}).get("max_iters")
+    if orig is None or new is None or new == orig:
+        return
+    for sched in cfg.get("param_scheduler") or []:
+        if sched.get("end") == orig:
+            sched["end"] = new
+    if cfg.train_cfg.get("val_interval") == orig:
+        cfg.train_cfg.val_interval = new
+    ckpt = (cfg.get("default_hooks") or {}).get("checkpoint") or {}
+    if ckpt.get("interval") == orig:
+        ckpt["interval"] = new
+
+
 def prepare_config(args):
     """Load the config and apply the command line; returns ``(cfg, config path)``."""
     import torch
@@ -102,6 +119,7 @@ def prepare_config(args):
 
     path = resolve_config(args.config)
     cfg = Config.fromfile(str(path))
+    orig_iters = (cfg.get("train_cfg") or {}).get("max_iters")
     if args.cfg_options:
         opts = {}
         for kv in args.cfg_options:
@@ -110,6 +128,7 @@ def prepare_config(args):
             k, v = kv.split("=", 1)
             opts[k] = _parse_value(v)
         cfg.merge_from_dict(opts)
+        _follow_max_iters(cfg, orig_iters)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or str(REPO / "output" / "segmentation" / path.stem)
     cfg.randomness = dict(seed=args.seed, deterministic=False)
