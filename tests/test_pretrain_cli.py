@@ -163,3 +163,19 @@ def test_image_folder_pretraining_counts_skipped_images(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["skipped_images"] >= 1 and m["final_loss"] > 0
     assert (out / "reconstruction.png").is_file()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_runs_on_cpu(tmp_path, precision):
+    out = tmp_path / precision
+    assert main(["--out", str(out), *TINY, "--precision", precision]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["precision"] == precision and 0 < m["final_loss"] < 10
+
+
+def test_loader_workers_do_not_change_the_result(tmp_path):
+    a, b = tmp_path / "w0", tmp_path / "w2"
+    assert main(["--out", str(a), *TINY, "num_workers=0"]) == 0
+    assert main(["--out", str(b), *TINY, "num_workers=2"]) == 0
+    wa, wb = load_file(a / "checkpoint-final.pth")["model"], load_file(b / "checkpoint-final.pth")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
