@@ -39,7 +39,7 @@ logger = logging.getLogger("pretrain")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pretrain/run.py", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="pretrain/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=MODES, help="what to run (default: the config's mode, else pretrain)")
     p.add_argument("--config", help=f"Python config file (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[2])})")
