@@ -99,7 +99,7 @@ class _Evals:
         t = time.perf_counter()
         ret = do_test(self.cfg, self.model)
         self.seconds += time.perf_counter() - t
-        it = self.trainer.iter + 1 if self.trainer is not None else 0
+        it = min(self.trainer.storage.iter + 1, self.trainer.max_iter) if self.trainer is not None else 0
         self.history.append({"iter": it, **{k: v for k, v in flat_metrics(ret).items() if k.endswith("/AP")}})
         self.last = ret
         return ret

@@ -73,6 +73,8 @@ def setup(args):
     for flag in ("train_json", "train_images", "val_json", "val_images"):
         if getattr(args, flag):
             cfg.data[flag] = getattr(args, flag)
+    if "evaluator" in cfg.dataloader and cfg.dataloader.evaluator.get("output_dir", None) is None:
+        cfg.dataloader.evaluator.output_dir = str(Path(out) / "inference")  # coco_instances_results.json
     args.config_file = str(resolve_config(args.config))
     default_setup(cfg, args)
     setup_datasets(cfg, Path(out) / "datasets", need_train=not args.eval_only)
