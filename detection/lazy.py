@@ -111,8 +111,9 @@ def _set_names(cfg: DictConfig, train: str | None, val: str | None):
 def setup_datasets(cfg: DictConfig, cache_dir: str | os.PathLike, *, need_train: bool = True) -> dict:
     """Register the datasets ``cfg.data`` describes and point the loaders at them (see the module doc).
 
-    Masks: when a registered training set has RLE masks, the train mapper switches to bitmask instances;
-    when it has no masks at all, the mask head is switched off (box AP only). Returns the reports."""
+    The classifier gets as many classes as the registered dataset has categories. Masks: when a registered
+    training set has RLE masks, the train mapper switches to bitmask instances; when it has no masks at
+    all, the mask head is switched off (box AP only). Returns the validation reports."""
     data = cfg.get("data", None) or {}
     reports = {}
     scenes = data.get("scenes", None)
@@ -150,6 +151,11 @@ def setup_datasets(cfg: DictConfig, cache_dir: str | os.PathLike, *, need_train:
                 raise CocoFormatError(
                     f"dataset {n!r}: annotation file {json_file} does not exist (COCO is read from "
                     f"$DETECTRON2_DATASETS, now {os.environ.get('DETECTRON2_DATASETS', 'datasets')!r})")
+    ref = reports.get("train") or reports.get("val")
+    if ref is not None and cfg.model.roi_heads.get("num_classes", None) != ref.num_categories:
+        logger.info(f"model.roi_heads.num_classes: {cfg.model.roi_heads.num_classes} -> {ref.num_categories} "
+                    f"(the categories of {ref.json_file})")
+        cfg.model.roi_heads.num_classes = ref.num_categories
     if "train" in reports:
         rep = reports["train"]
         if rep.uses_rle:

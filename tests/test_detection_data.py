@@ -200,3 +200,23 @@ def test_detector_checkpoint_of_another_config_is_refused(tmp_path):
     torch.save({"model": sd}, tmp_path / "det.pth")
     with pytest.raises(CheckpointMismatchError, match=r"cls_score.weight: checkpoint \(21, 256\) vs model \(11, 256\)"):
         load_weights(_mini_detector(), str(tmp_path / "det.pth"))
+
+
+def test_dataset_flags_rewire_the_config(tmp_path, coco):
+    from detection.lazy import setup_datasets
+
+    data, img_dir = coco
+    (tmp_path / "masks.json").write_text(json.dumps(data))
+    for a in data["annotations"]:
+        del a["segmentation"]
+    (tmp_path / "boxes.json").write_text(json.dumps(data))
+    cfg = load_config("vitdet_mae_b", [f"data.train_json={tmp_path / 'boxes.json'}", f"data.train_images={img_dir}",
+                                       f"data.val_json={tmp_path / 'masks.json'}", f"data.val_images={img_dir}",
+                                       "data.name=mine"])
+    reports = setup_datasets(cfg, tmp_path / "cache")
+    assert (cfg.dataloader.train.dataset.names, cfg.dataloader.test.dataset.names) == ("mine_train", "mine_val")
+    assert cfg.dataloader.evaluator.dataset_name == "mine_val"
+    assert cfg.model.roi_heads.num_classes == 2  # from the json's categories, not COCO's 80
+    # a box-only training set: no mask head, no mask targets
+    assert not reports["train"].has_masks and cfg.model.roi_heads.mask_head is None
+    assert cfg.dataloader.train.mapper.use_instance_mask is False
