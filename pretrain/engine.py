@@ -162,13 +162,15 @@ class Trainer:
                     if env.distributed else self.model)
         self.optimizer = build_optimizer(cfg["optimizer"], task.param_groups(), self.peak_lr, cfg["betas"], cfg["momentum"])
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.precision == "fp16")
-        self.progress = {"epoch": 0, "iter": 0, "step": 0, "last_epoch_loss": None}
+        # train_s: training wall time summed over this run and the runs it resumed
+        self.progress = {"epoch": 0, "iter": 0, "step": 0, "last_epoch_loss": None, "train_s": 0.0}
         # per-rank running sums (this epoch's loss, unusable images met), checkpointed per rank
         self.local = {"loss_sum": 0.0, "loss_n": 0, "skipped": 0}
         self.history: list[dict] = []
         self.last_checkpoint: Path | None = None
         self._writer = None
         self._purge_step = None
+        self._t_fit, self._train_s0 = None, 0.0
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -180,6 +182,8 @@ class Trainer:
 
     def save(self, final: bool = False) -> Path:
         """Write a checkpoint (collective: every rank must call it); rank 0 writes atomically."""
+        if self._t_fit is not None:
+            self.progress["train_s"] = self._train_s0 + time.time() - self._t_fit
         state = self._state()
         p = self.progress
         path = self.out / (FINAL_NAME if final else f"checkpoint-ep{p['epoch']:04d}-it{p['iter']:06d}.pth")
@@ -274,7 +278,8 @@ class Trainer:
     def fit(self) -> dict:
         """Train to ``epochs``; returns a summary (final loss, steps, wall time, lr, precision)."""
         cfg, env, p = self.cfg, self.env, self.progress
-        t_start = time.time()
+        t_start = self._t_fit = time.time()
+        self._train_s0 = p.get("train_s", 0.0)
         epochs, ipe = cfg["epochs"], self.iters_per_epoch
         total = epochs * ipe
         bar = tqdm(total=total, initial=min(p["epoch"] * ipe + p["iter"], total), dynamic_ncols=True,
@@ -361,7 +366,8 @@ class Trainer:
         if self._writer is not None:
             self._writer.flush()
         return {"final_loss": p["last_epoch_loss"], "steps": p["step"], "epochs": p["epoch"],
-                "train_wall_s": time.time() - t_start, "lr": self.peak_lr, "effective_batch": self.eff_batch,
+                "train_wall_s": time.time() - t_start, "train_wall_s_total": p["train_s"], "lr": self.peak_lr,
+                "effective_batch": self.eff_batch,
                 "precision": self.precision, "world_size": env.world_size,
                 "skipped_images": int(all_reduce_sum(torch.tensor([self.local["skipped"]])).item())}
 
