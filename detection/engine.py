@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import SafeDetectionCheckpointer, load_weights
 from .lazy import ConfigError
 
-__all__ = ["build_model", "do_test", "do_train", "flat_metrics", "write_metrics", "resolve_weights"]
+__all__ = ["build_model", "do_test", "do_train", "flat_metrics", "write_metrics", "resolve_weights",
+           "save_prediction_figure"]
 
 logger = logging.getLogger("detectron2.mae_transfer")
 
@@ -105,8 +106,8 @@ class _Evals:
         return ret
 
 
-def do_train(cfg, weights: str | None, resume: bool = False) -> dict:
-    """Train ``cfg`` (evaluating every ``train.eval_period`` and at the end). Returns a metrics dict."""
+def do_train(cfg, weights: str | None, resume: bool = False) -> tuple[dict, torch.nn.Module]:
+    """Train ``cfg`` (evaluating every ``train.eval_period`` and at the end). Returns (metrics, model)."""
     t0 = time.perf_counter()
     model = build_model(cfg)
     logger.info(f"Model:\n{model}")
@@ -150,7 +151,7 @@ def do_train(cfg, weights: str | None, resume: bool = False) -> dict:
         "loss_first": sum(loss_values[:k]) / k if loss_values else None,
         "loss_last": sum(loss_values[-k:]) / k if loss_values else None,
     })
-    return metrics
+    return metrics, model
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict):
@@ -165,3 +166,41 @@ def write_metrics(path: str | os.PathLike, metrics: dict):
     os.replace(tmp, path)
     logger.info(f"metrics written to {path}: " + ", ".join(
         f"{k} {v:.2f}" for k, v in metrics.items() if k in ("bbox/AP", "segm/AP", "wall_s") and v is not None))
+
+
+def save_prediction_figure(cfg, model, path: str | os.PathLike, num_images: int = 6, score_thresh: float = 0.5):
+    """PNG of the model's detections (boxes, masks, classes with score >= ``score_thresh``) on the first
+    ``num_images`` test images, beside their ground truth. Main process only."""
+    if not comm.is_main_process() or num_images <= 0:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
+    from detectron2.utils.visualizer import Visualizer
+
+    name = cfg.dataloader.test.dataset.names
+    name = name if isinstance(name, str) else name[0]
+    dicts, meta = DatasetCatalog.get(name)[:num_images], MetadataCatalog.get(name)
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    fig, axes = plt.subplots(2, len(dicts), figsize=(2.6 * len(dicts), 5.4), squeeze=False)
+    with torch.no_grad():
+        for j, d in enumerate(dicts):
+            img = detection_utils.read_image(d["file_name"], format="RGB")
+            inst = model([mapper(dict(d))])[0]["instances"].to("cpu")
+            inst = inst[inst.scores >= score_thresh]
+            axes[0, j].imshow(Visualizer(img, meta, scale=3.0).draw_dataset_dict(d).get_image())
+            axes[1, j].imshow(Visualizer(img, meta, scale=3.0).draw_instance_predictions(inst).get_image())
+            for ax in axes[:, j]:
+                ax.axis("off")
+    axes[0, 0].set_title("ground truth", loc="left", fontsize=9)
+    axes[1, 0].set_title(f"predictions (score >= {score_thresh})", loc="left", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    model.train(was_training)
+    logger.info(f"prediction figure written to {path}")

@@ -32,7 +32,7 @@ def _tool():
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("det")
     out = tmp / "run"
-    _tool().cli(["--config", "vitdet_scenes_mini", "--weights", "none", "--output-dir", str(out), "--seed", "0",
+    _tool().cli(["--config", "vitdet_scenes_mini", "--weights", "none", "--output-dir", str(out), "--seed", "0", "--vis", "0",
                  *TINY, f"data.scenes.root={tmp / 'scenes'}", "train.max_iter=8", "train.eval_period=4",
                  "train.checkpointer.period=4"])
     return tmp, out, json.loads((out / "metrics.json").read_text())
@@ -61,16 +61,17 @@ def test_short_run_lowers_loss_and_reports_coco_ap(trained):
 def test_checkpoint_reloads_with_eval_only_to_the_same_ap(trained):
     tmp, out, m = trained
     ev_out = tmp / "eval"
-    _tool().cli(["--config", "vitdet_scenes_mini", "--eval-only", "--weights", str(out / "model_final.pth"),
+    _tool().cli(["--config", "vitdet_scenes_mini", "--eval-only", "--weights", str(out / "model_final.pth"), "--vis", "2",
                  "--output-dir", str(ev_out), *TINY, f"data.scenes.root={tmp / 'scenes'}"])
     e = json.loads((ev_out / "metrics.json").read_text())
     assert e["eval_only"] and e["weights"].endswith("model_final.pth")
     assert (e["bbox/AP"], e["segm/AP"]) == (m["bbox/AP"], m["segm/AP"])
+    assert (ev_out / "predictions.png").stat().st_size > 10_000
 
 
 def test_resume_continues_from_the_last_checkpoint(trained):
     tmp, out, m = trained
-    _tool().cli(["--config", "vitdet_scenes_mini", "--resume", "--output-dir", str(out), *TINY,
+    _tool().cli(["--config", "vitdet_scenes_mini", "--resume", "--output-dir", str(out), "--vis", "0", *TINY,
                  f"data.scenes.root={tmp / 'scenes'}", "train.max_iter=10", "train.eval_period=0"])
     r = json.loads((out / "metrics.json").read_text())
     assert r["start_iter"] == 8 and r["max_iter"] == 10
@@ -79,7 +80,7 @@ def test_resume_continues_from_the_last_checkpoint(trained):
 def test_two_process_cpu_launch(tmp_path):
     out = tmp_path / "ddp"
     r = subprocess.run([sys.executable, str(ROOT / "tools/train_det.py"), "--config", "vitdet_scenes_mini",
-                        "--weights", "none", "--num-gpus", "2", "--output-dir", str(out), "--seed", "0", *TINY,
+                        "--weights", "none", "--num-gpus", "2", "--output-dir", str(out), "--seed", "0", "--vis", "0", *TINY,
                         f"data.scenes.root={tmp_path / 'scenes'}", "train.max_iter=3", "train.eval_period=0"],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

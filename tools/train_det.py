@@ -19,7 +19,6 @@ Trailing ``key=value`` pairs override the LazyConfig. Multi-GPU / multi-machine 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -31,11 +30,10 @@ from detectron2.utils import comm  # noqa: E402
 
 from detection.checkpoint import SafeDetectionCheckpointer, load_weights  # noqa: E402
 from detection.data import CocoFormatError  # noqa: E402
-from detection.engine import build_model, do_test, do_train, flat_metrics, resolve_weights, write_metrics  # noqa: E402
+from detection.engine import (build_model, do_test, do_train, flat_metrics, resolve_weights,  # noqa: E402
+                              save_prediction_figure, write_metrics)
 from detection.lazy import ConfigError, load_config, resolve_config, setup_datasets  # noqa: E402
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
-
-logger = logging.getLogger("detectron2.mae_transfer")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-images", help="folder the training json's file_name entries are relative to")
     p.add_argument("--val-json", help="COCO-format validation json (with --val-images)")
     p.add_argument("--val-images", help="folder the validation json's file_name entries are relative to")
+    p.add_argument("--vis", type=int, default=6, help="validation images drawn in DIR/predictions.png (0: none)")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs; on CPU gloo processes)")
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)
@@ -100,11 +99,12 @@ def main(args) -> dict:
         metrics = flat_metrics(do_test(cfg, model))
     else:
         weights = resolve_weights(weights_arg)
-        metrics = do_train(cfg, weights, resume=args.resume)
+        metrics, model = do_train(cfg, weights, resume=args.resume)
     metrics.update(wall_s=time.perf_counter() - t0, weights=str(weights) if weights else "none",
                    config=args.config_file, seed=int(cfg.train.seed), eval_only=bool(args.eval_only),
                    world_size=comm.get_world_size(), device=str(cfg.train.device))
     write_metrics(Path(cfg.train.output_dir) / "metrics.json", metrics)
+    save_prediction_figure(cfg, model, Path(cfg.train.output_dir) / "predictions.png", args.vis)
     return metrics
 
 
