@@ -154,6 +154,17 @@ def do_train(cfg, weights: str | None, resume: bool = False) -> tuple[dict, torc
     return metrics, model
 
 
+def _finite(x):
+    """NaN / inf (a diverged loss) -> None, so metrics.json stays strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x
+
+
 def write_metrics(path: str | os.PathLike, metrics: dict):
     """Atomic ``metrics.json`` (rank 0 only)."""
     if not comm.is_main_process():
@@ -162,7 +173,7 @@ def write_metrics(path: str | os.PathLike, metrics: dict):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=1, allow_nan=False)
+        json.dump(_finite(metrics), f, indent=1, allow_nan=False)
     os.replace(tmp, path)
     logger.info(f"metrics written to {path}: " + ", ".join(
         f"{k} {v:.2f}" for k, v in metrics.items() if k in ("bbox/AP", "segm/AP", "wall_s") and v is not None))
