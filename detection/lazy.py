@@ -14,6 +14,7 @@ A detection config is a detectron2 LazyConfig (``model``, ``dataloader``, ``opti
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -23,6 +24,7 @@ from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
 from .data import CocoFormatError, register_coco_dataset
@@ -50,6 +52,18 @@ def resolve_config(name: str) -> Path:
     raise ConfigError(f"config {name!r} is neither a file nor one of configs/detection: {', '.join(known)}")
 
 
+def _accepts(node: DictConfig, arg: str) -> bool:
+    """Whether a LazyCall node's target takes ``arg`` (a constructor argument the config leaves at its default)."""
+    target = node.get("_target_", None)
+    if target is None:
+        return False
+    try:
+        params = inspect.signature(locate(target) if isinstance(target, str) else target).parameters
+    except (TypeError, ValueError, ImportError):
+        return False
+    return arg in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def load_config(name: str, overrides: list[str] = ()) -> DictConfig:
     """Load a LazyConfig and apply ``key=value`` overrides (errors name the key at fault)."""
     cfg = LazyConfig.load(str(resolve_config(name)))
@@ -64,7 +78,7 @@ def load_config(name: str, overrides: list[str] = ()) -> DictConfig:
             node = None
         if node is None or not isinstance(node, DictConfig):
             raise ConfigError(f"override {ov!r}: config has no {parent or key!r}")
-        if leaf not in node and not (key.startswith("data.") or leaf.startswith("_")):
+        if leaf not in node and not (key.startswith("data.") or _accepts(node, leaf)):
             raise ConfigError(f"override {ov!r}: {parent or 'config'} has no key {leaf!r} "
                            f"(keys: {', '.join(map(str, node.keys()))})")
     try:

@@ -81,6 +81,10 @@ def test_config_names_and_overrides():
         resolve_config("vitdet_mae_x")
     cfg = load_config("vitdet_scenes_mini", ["train.max_iter=7", "optimizer.lr=0.001"])
     assert cfg.train.max_iter == 7 and cfg.optimizer.lr == 0.001
+    cfg = load_config("vitdet_scenes_mini", ["model.backbone.net.mlp_ratio=2.0"])  # a constructor default
+    assert cfg.model.backbone.net.mlp_ratio == 2.0
+    with pytest.raises(ConfigError, match="has no key 'mlp_ratoi'"):
+        load_config("vitdet_scenes_mini", ["model.backbone.net.mlp_ratoi=2.0"])
     with pytest.raises(ConfigError, match="max_itr"):
         load_config("vitdet_scenes_mini", ["train.max_itr=7"])
     with pytest.raises(ConfigError, match="key=value"):
