@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import SafeDetectionCheckpointer, load_weights
@@ -89,6 +90,13 @@ def do_test(cfg, model) -> dict:
     return ret
 
 
+def _writers(output_dir: str, max_iter: int) -> list:
+    """detectron2's default writers (console with ETA, JSON lines, TensorBoard), with the per-iteration
+    JSON lines in ``train_log.json``: ``metrics.json`` holds the run's final metrics."""
+    return [CommonMetricPrinter(max_iter), JSONWriter(os.path.join(output_dir, "train_log.json")),
+            TensorboardXWriter(output_dir)]
+
+
 class _Evals:
     """Keeps every periodic evaluation's results (and its wall time) for metrics.json."""
 
@@ -125,7 +133,7 @@ def do_train(cfg, weights: str | None, resume: bool = False) -> tuple[dict, torc
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         hooks.EvalHook(cfg.train.eval_period, evals),
-        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        hooks.PeriodicWriter(_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])
     start_iter = 0

@@ -47,6 +47,7 @@ def test_short_run_lowers_loss_and_reports_coco_ap(trained):
     assert [e["iter"] for e in m["evals"]] == [4, 8]  # periodic and final evaluation
     assert (out / "model_0000003.pth").is_file() and (out / "model_final.pth").is_file()
     assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    assert len((out / "train_log.json").read_text().splitlines()) >= 4  # detectron2's per-iteration log
     # the AP is COCO's: pycocotools on the evaluator's own detections gives the same number
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
