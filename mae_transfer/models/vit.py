@@ -116,12 +116,13 @@ def fold_decomposed_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r
     r_q = q.reshape(B, nh, h, w, C)
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, rel_pos_h).to(q.dtype)).reshape(B, nh, N, h)
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, rel_pos_w).to(q.dtype)).reshape(B, nh, N, w)
+    pad = -(C + h + w) % 8
     idx = torch.arange(N, device=q.device)
-    onehot = torch.cat([F.one_hot(idx // w, h), F.one_hot(idx % w, w)], dim=1).to(q.dtype)
-    q = torch.cat([q * C ** -0.5, rel_h, rel_w], dim=-1)
-    k = torch.cat([k, onehot.expand(B, nh, N, h + w)], dim=-1)
-    pad = -q.shape[-1] % 8
-    return F.pad(q, (0, pad)), F.pad(k, (0, pad)), F.pad(v, (0, q.shape[-1] + pad - C))
+    onehot = torch.cat([F.one_hot(idx // w, h), F.one_hot(idx % w, w), idx.new_zeros(N, pad)], dim=1).to(q.dtype)
+    zeros = q.new_zeros(B, nh, N, pad)
+    q = torch.cat([q * C ** -0.5, rel_h, rel_w, zeros], dim=-1)
+    k = torch.cat([k, onehot.expand(B, nh, N, h + w + pad)], dim=-1)
+    return q, k, F.pad(v, (0, h + w + pad))
 
 
 def beit_relative_position_index(hw: tuple[int, int], num_prefix: int) -> torch.Tensor:
