@@ -102,9 +102,14 @@ def _follow_max_iters(cfg, orig: int | None):
     new = (cfg.get("train_cfg") or {}).get("max_iters")
     if orig is None or new is None or new == orig:
         return
+    scheds = []
     for sched in cfg.get("param_scheduler") or []:
-        if sched.get("end") == orig:
+        if sched.get("end") in (orig, None) or sched["end"] > new:
             sched["end"] = new
+        if sched.get("begin", 0) < sched["end"]:  # a warmup longer than the whole run is cut, not kept
+            scheds.append(sched)
+    if "param_scheduler" in cfg:
+        cfg.param_scheduler = scheds
     if cfg.train_cfg.get("val_interval") == orig:
         cfg.train_cfg.val_interval = new
     ckpt = (cfg.get("default_hooks") or {}).get("checkpoint") or {}
