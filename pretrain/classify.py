@@ -21,7 +21,8 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from tqdm import tqdm
 
-from mae_transfer.checkpoint import load_pretrained
+from mae_transfer.checkpoint import (CheckpointMismatchError, extract_state_dict, load_file, load_pretrained,
+                                     to_mae_transfer_keys)
 from mae_transfer.models.vit import VIT_PRESETS, VisionTransformer
 from mae_transfer.optim import param_groups
 
@@ -71,6 +72,15 @@ class ClassifyTask:
             raise ConfigError(f"--mode {mode} needs --weights CHECKPOINT (or --weights none for a random-init encoder)")
         train, val = splits(cfg, VIT_PRESETS.get(cfg["model"], {}).get("patch_size", 1), need_val=True)
         self.num_classes = cfg["num_classes"] or len(train.classes)
+        raw = None if weights in (None, "none") else load_file(weights)
+        if mode == "linprobe" and raw is not None and cfg["linprobe_pool"] == "token":
+            keys = to_mae_transfer_keys(extract_state_dict(raw, weights))[0]
+            if "norm.weight" not in keys and "fc_norm.weight" in keys:
+                # an encoder trained with average pooling (our supervised / fine-tuned checkpoints) has no
+                # final norm for the cls token: probe the features it was trained to produce
+                logger.info("%s has fc_norm and no final norm: linear probe on average-pooled features", weights)
+                cfg = {**cfg, "linprobe_pool": "avg"}
+                self.cfg = cfg
         self.model_kwargs = vit_kwargs(cfg, self.num_classes)
         torch.manual_seed(cfg["seed"])
         model = VisionTransformer(**self.model_kwargs)
@@ -78,7 +88,11 @@ class ClassifyTask:
             raise ConfigError(f"img_size {cfg['img_size']} is not a multiple of the patch size {model.patch_size}")
         self.weights_format = "random init" if weights in (None, "none") else None
         if self.weights_format is None:
-            self.load_report = load_pretrained(model, weights)
+            try:
+                self.load_report = load_pretrained(model, raw, log=False)
+            except CheckpointMismatchError as e:
+                raise CheckpointMismatchError(str(e).replace("checkpoint state dict", f"checkpoint {weights}", 1)) from None
+            self.load_report.source = weights
             self.weights_format = self.load_report.format
             logger.info("%s", self.load_report)
         if mode == "linprobe":

@@ -179,3 +179,13 @@ def test_loader_workers_do_not_change_the_result(tmp_path):
     assert main(["--out", str(b), *TINY, "num_workers=2"]) == 0
     wa, wb = load_file(a / "checkpoint-final.pth")["model"], load_file(b / "checkpoint-final.pth")["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_linprobe_of_an_average_pooled_supervised_checkpoint(tmp_path):
+    sup = tmp_path / "sup"
+    assert main(["--mode", "supervised", "--out", str(sup), *TINY]) == 0
+    out = tmp_path / "lp"
+    assert main(["--mode", "linprobe", "--weights", str(sup / "checkpoint-final.pth"), "--out", str(out), *TINY]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["linprobe_pool"] == "token"  # asked for; the probe falls back to the encoder's own pooling
+    assert json.loads((out / "metrics.json").read_text())["weights_format"] == "vit"
