@@ -254,8 +254,10 @@ def main(argv=None):
     print("\n| encoder | decoder | step MAE (s) | step [M] in encoder (s) | speed-up | memory ratio | FLOP ratio |")
     print("|---|---|---|---|---|---|---|")
     for r in mae_rows:
+        mem = f"{r['mem_ratio']:.2f}x" if "mem_ratio" in r else "-"
+        flops = f"{r['flop_ratio']:.2f}x" if "flop_ratio" in r else "-"
         print(f"| {r['model']} | {r['decoder_depth']} blocks | {r['step_s_mae']:.3f} | {r['step_s_enc_mask_tokens']:.3f} | "
-              f"{r['speedup']:.2f}x | {r.get('mem_ratio', float('nan')):.2f}x | {r.get('flop_ratio', float('nan')):.2f}x |")
+              f"{r['speedup']:.2f}x | {mem} | {flops} |")
     print("\n| blocks of | ours (s) | timm (s) | ours / timm | max |diff| |")
     print("|---|---|---|---|---|")
     for r in block_rows:
