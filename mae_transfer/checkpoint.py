@@ -89,13 +89,17 @@ def load_file(path: str | os.PathLike) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unpickl" in type(e).__name__:
+        text = str(e)
+        unsafe = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)
+        if unsafe:
+            what = unsafe.group(1)
             raise CheckpointError(
                 f"refusing to load {str(path)!r}: it contains pickled Python objects beyond tensors and "
-                f"plain containers, which could run code ({msg}). Re-save it as a plain state dict "
-                f"from a trusted environment.") from None
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} (corrupt or truncated?): {msg}") from None
+                f"plain containers ({what}), which could run code. Re-save it as a plain state dict from a "
+                f"trusted environment.") from None
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln), "")
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: corrupt, truncated or not a PyTorch "
+                              f"checkpoint ({type(e).__name__}{': ' + first if first else ''})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict of tensors")
     return obj

@@ -1,0 +1,61 @@
+"""tools/compare.py: aggregation of finished cells (mean ± std, best in bold), resumability, failures."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import compare  # noqa: E402
+
+
+def write(path: Path, metrics: dict):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_table_from_finished_cells_is_not_recomputed(tmp_path):
+    out = tmp_path / "cmp"
+    for init in ("mae", "supervised"):
+        write(out / "pretrain" / init, {"wall_s": 1.0})
+    values = {("mae", 0): 40.0, ("mae", 1): 44.0, ("supervised", 0): 41.0, ("supervised", 1): 41.0,
+              ("scratch", 0): 30.0, ("scratch", 1): 31.0}
+    for (init, seed), v in values.items():
+        write(out / "runs" / "det" / init / f"seed{seed}", {"bbox/AP": v, "segm/AP": v - 5, "wall_s": 2.0})
+        write(out / "runs" / "seg" / init / f"seed{seed}", {"mIoU": 100 - v, "wall_s": 2.0})
+    rc = compare.main(["--out", str(out), "--tasks", "det", "seg", "--seeds", "0", "1"])
+    assert rc == 0
+    table = (out / "table.md").read_text()
+    assert "| mae | **42.0 ± 2.8** | **37.0 ± 2.8** | 58.0 ± 2.8 |" in table
+    assert "| scratch | 30.5 ± 0.7 | 25.5 ± 0.7 | **69.5 ± 0.7** |" in table
+    assert "Published numbers" in table and "50.3 / 44.9" in table
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 3 * 2 * 3  # inits x seeds x metrics
+    assert {r["value"] for r in rows if r["init"] == "mae" and r["metric"] == "mIoU"} == {"60.0", "56.0"}
+    assert (out / "comparison.png").stat().st_size > 10_000
+    assert (out / "failed.txt").read_text() == ""
+
+
+def test_mean_std():
+    assert compare.mean_std([1.0, 3.0]) == pytest.approx((2.0, 2 ** 0.5))
+    assert compare.mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_failed_cell_is_reported_not_hidden(tmp_path):
+    """A broken checkpoint given as an extra init: its cell fails in the real tool, the rest is tabled."""
+    out = tmp_path / "cmp"
+    bad = tmp_path / "broken.pth"
+    bad.write_text("not a checkpoint")
+    write(out / "runs" / "linprobe" / "scratch" / "seed0", {"top1": 66.0, "wall_s": 1.0})
+    r = subprocess.run([sys.executable, "tools/compare.py", "--out", str(out), "--inits", "scratch",
+                        "--init", f"broken={bad}", "--tasks", "linprobe", "--seeds", "0"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "linprobe/broken/seed0: FAILED" in r.stdout and "broken.pth" in r.stdout
+    table = (out / "table.md").read_text()
+    assert "| scratch | **66.0 ± 0.0** |" in table and "| broken | failed |" in table
+    assert "linprobe/broken/seed0" in (out / "failed.txt").read_text()

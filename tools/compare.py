@@ -1,0 +1,301 @@
+#!/usr/bin/env python
+"""MAE vs supervised vs scratch: run (or collect) every downstream result and write the comparison.
+
+    python tools/compare.py [--preset demo|small] [--out output/compare] [--seeds 0 1]
+                            [--inits mae supervised scratch] [--init NAME=CKPT ...]
+                            [--tasks linprobe finetune det seg] [--args STEP=ARGS ...] [--cell-timeout S]
+
+Steps, each a subprocess of the project's own CLIs (so every cell is exactly what a user would run):
+1. pretraining, once per pretrained init: ``pretrain/run.py --mode pretrain`` (MAE) and
+   ``--mode supervised`` (the supervised baseline), seed 0; ``--init NAME=CKPT`` adds a checkpoint file
+   (an official MAE or DeiT release, say) as a further initialisation, ``scratch`` is random init;
+2. downstream cells: for every init x task x seed, ``pretrain/run.py --mode linprobe|finetune``,
+   ``tools/train_det.py`` and ``tools/train_seg.py`` with ``--weights`` set to the init;
+3. ``table.md`` (mean ± std over seeds, best per column in bold, the paper's numbers beside),
+   ``results.csv`` (one row per cell and metric) and ``comparison.png`` (grouped bars with std).
+
+Resumable: a cell whose ``metrics.json`` exists is not recomputed. A failed cell is recorded in
+``failed.txt`` and shown as "failed" in the table, with its log path; the other cells still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+# What each task reports: (metric key in metrics.json, column title)
+TASK_METRICS = {
+    "linprobe": [("top1", "linear probe top-1")],
+    "finetune": [("top1", "fine-tune top-1")],
+    "det": [("bbox/AP", "AP box"), ("segm/AP", "AP mask")],
+    "seg": [("mIoU", "mIoU")],
+}
+
+# Per preset: extra arguments of each step (on top of each tool's defaults).
+# "demo": the CPU default of pretrain/run.py (vit_mini_patch4, 2 epochs) and the demo-size detection and
+# segmentation configs. "small": the same pretraining with the longer scene schedules.
+PRESETS: dict[str, dict[str, list[str]]] = {
+    "demo": {
+        "pretrain": [], "supervised": [], "linprobe": [], "finetune": [],
+        "det": ["--config", "vitdet_scenes_demo"],
+        "seg": ["--config", "upernet_mae_mini_scenes"],
+    },
+    "small": {
+        "pretrain": [], "supervised": [], "linprobe": [], "finetune": [],
+        "det": ["--config", "vitdet_scenes_mini"],
+        "seg": ["--config", "upernet_mae_mini_scenes", "--cfg-options", "train_cfg.max_iters=1000"],
+    },
+}
+
+# Published numbers at full scale (ImageNet-1K pretraining, COCO, ADE20K), ViT-B / ViT-L.
+PAPER = [
+    ("IN-1K fine-tune top-1", "MAE (He et al. 2022)", "83.6", "85.9"),
+    ("IN-1K linear probe top-1", "MAE (He et al. 2022)", "68.0", "75.8"),
+    ("COCO Mask R-CNN AP box / mask", "MAE (He et al. 2022)", "50.3 / 44.9", "53.3 / 47.2"),
+    ("COCO Mask R-CNN AP box / mask", "supervised IN-1K (He et al. 2022)", "47.9 / 42.9", "49.3 / 43.9"),
+    ("COCO ViTDet Mask R-CNN AP box / mask", "MAE (Li et al. 2022)", "51.6 / 45.9", "55.5 / 49.2"),
+    ("ADE20K UperNet mIoU", "MAE (He et al. 2022)", "48.1", "53.6"),
+    ("ADE20K UperNet mIoU", "supervised IN-1K (He et al. 2022)", "47.4", "49.9"),
+]
+
+
+@dataclass
+class Cell:
+    init: str
+    task: str
+    seed: int
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.init}/seed{self.seed}"
+
+
+def run_logged(cmd: list[str], log: Path, timeout: float | None) -> int:
+    """Run ``cmd`` from the repo root, output to ``log``; returns the exit code (124 on timeout)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        try:
+            return subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        except subprocess.TimeoutExpired:
+            f.write(f"\n[compare] timed out after {timeout} s\n")
+            return 124
+
+
+def tail(path: Path, n: int = 5) -> str:
+    try:
+        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-n:])
+    except OSError:
+        return ""
+
+
+class Runner:
+    def __init__(self, out: Path, preset: dict, timeout: float | None):
+        self.out, self.preset, self.timeout = out, preset, timeout
+        self.failed: list[str] = []
+        self.t0 = time.time()
+
+    def step(self, label: str, cmd: list[str], out_dir: Path, index: str) -> dict | None:
+        """Run one step unless its metrics.json exists; returns the metrics or None on failure."""
+        metrics = out_dir / "metrics.json"
+        if metrics.is_file():
+            print(f"[compare {index}] {label}: done before, reusing {metrics}", flush=True)
+            return json.loads(metrics.read_text())
+        print(f"[compare {index}] {label}: running (log {out_dir / 'log.txt'}; "
+              f"{(time.time() - self.t0) / 60:.1f} min elapsed)", flush=True)
+        t = time.time()
+        rc = run_logged(cmd, out_dir / "log.txt", self.timeout)
+        if rc != 0 or not metrics.is_file():
+            why = f"exit code {rc}" if rc else "no metrics.json written"
+            self.failed.append(f"{label}: {why}; log {out_dir / 'log.txt'}")
+            print(f"[compare {index}] {label}: FAILED ({why}); last lines:\n{tail(out_dir / 'log.txt')}", flush=True)
+            return None
+        m = json.loads(metrics.read_text())
+        shown = ", ".join(f"{k}={v:.2f}" for k, v in m.items() if isinstance(v, float) and k != "wall_s")
+        print(f"[compare {index}] {label}: {shown} ({time.time() - t:.0f} s)", flush=True)
+        return m
+
+
+def pretrain_inits(runner: Runner, inits: list[str], extra: dict[str, str]) -> dict[str, str]:
+    """Returns init name -> weights argument ('none' for scratch)."""
+    weights = {}
+    for name in inits:
+        if name == "scratch":
+            weights[name] = "none"
+        elif name in ("mae", "supervised"):
+            mode = "pretrain" if name == "mae" else "supervised"
+            d = runner.out / "pretrain" / name
+            cmd = [PY, "pretrain/run.py", "--mode", mode, "--out", str(d), "--seed", "0", *runner.preset[mode]]
+            if runner.step(f"pretrain {name}", cmd, d, "pre") is not None:
+                weights[name] = str(d / "checkpoint-final.pth")
+        else:
+            raise SystemExit(f"compare: unknown init {name!r}; use mae, supervised, scratch or --init NAME=CKPT")
+    for name, path in extra.items():
+        if not Path(path).is_file():
+            raise SystemExit(f"compare: --init {name}={path}: file not found")
+        weights[name] = str(Path(path).resolve())
+    return weights
+
+
+def task_cmd(task: str, weights: str, out_dir: Path, seed: int, preset: dict) -> list[str]:
+    if task in ("linprobe", "finetune"):
+        return [PY, "pretrain/run.py", "--mode", task, "--weights", weights, "--out", str(out_dir),
+                "--seed", str(seed), *preset[task]]
+    if task == "det":
+        return [PY, "tools/train_det.py", *preset["det"], "--weights", weights, "--output-dir", str(out_dir),
+                "--seed", str(seed)]
+    if task == "seg":
+        return [PY, "tools/train_seg.py", *preset["seg"], "--weights", weights, "--work-dir", str(out_dir),
+                "--seed", str(seed)]
+    raise SystemExit(f"compare: unknown task {task!r}; use {', '.join(TASK_METRICS)}")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, s
+
+
+def write_results(out: Path, results: dict, inits: list[str], tasks: list[str], seeds: list[int],
+                  failed: list[str], preset_name: str, wall_s: float) -> str:
+    """results[(init, task, seed)] = metrics dict or None. Writes results.csv, table.md, comparison.png."""
+    columns = [(t, key, title) for t in tasks for key, title in TASK_METRICS[t]]
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["init", "task", "metric", "seed", "value", "wall_s"])
+        for (init, task, seed), m in sorted(results.items()):
+            for key, _ in TASK_METRICS[task]:
+                w.writerow([init, task, key, seed, "" if m is None else m.get(key, ""),
+                            "" if m is None else m.get("wall_s", "")])
+    stats: dict[tuple[str, str], tuple[float, float, int] | None] = {}
+    for init in inits:
+        for task, key, _ in columns:
+            vals = [results[(init, task, s)][key] for s in seeds
+                    if results.get((init, task, s)) is not None and key in results[(init, task, s)]]
+            stats[(init, key + "@" + task)] = (*mean_std(vals), len(vals)) if vals else None
+    best = {}
+    for task, key, _ in columns:
+        ms = [stats[(i, key + "@" + task)][0] for i in inits if stats[(i, key + "@" + task)]]
+        best[key + "@" + task] = max(ms) if ms else None
+    lines = [f"| init | " + " | ".join(title for _, _, title in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for init in inits:
+        cells = []
+        for task, key, _ in columns:
+            st = stats[(init, key + "@" + task)]
+            if st is None:
+                cells.append("failed")
+                continue
+            txt = f"{st[0]:.1f} ± {st[1]:.1f}" + (f" (n={st[2]})" if st[2] != len(seeds) else "")
+            cells.append(f"**{txt}**" if best[key + "@" + task] is not None and st[0] == best[key + "@" + task] else txt)
+        lines.append(f"| {init} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    md = [f"# MAE vs supervised vs scratch — preset `{preset_name}`", "",
+          f"Mean ± std over seeds {', '.join(map(str, seeds))} (downstream seeds; each pretraining ran once, "
+          f"seed 0). Best per column in bold. Total wall time {wall_s / 60:.1f} min.", "", table, ""]
+    if failed:
+        md += ["## Failed cells", ""] + [f"- {x}" for x in failed] + [""]
+    md += ["## Published numbers (full scale: ImageNet-1K pretraining, COCO, ADE20K — not comparable in "
+           "absolute value to the small built-in data above)", "",
+           "| benchmark | pretraining | ViT-B | ViT-L |", "|---|---|---|---|"]
+    md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in PAPER]
+    (out / "table.md").write_text("\n".join(md) + "\n")
+    plot(out / "comparison.png", stats, inits, columns)
+    return table
+
+
+def plot(path: Path, stats: dict, inits: list[str], columns: list[tuple[str, str, str]]):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(columns), 4))
+    width = 0.8 / max(len(inits), 1)
+    for j, init in enumerate(inits):
+        xs, ms, ss = [], [], []
+        for i, (task, key, _) in enumerate(columns):
+            st = stats[(init, key + "@" + task)]
+            if st is not None:
+                xs.append(i + (j - (len(inits) - 1) / 2) * width)
+                ms.append(st[0])
+                ss.append(st[1])
+        bars = ax.bar(xs, ms, width, yerr=ss, capsize=3, label=init)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    ax.set_xticks(range(len(columns)), [t for _, _, t in columns], rotation=15)
+    ax.set_ylabel("score (%)")
+    ax.set_title("Downstream results by initialisation (mean ± std over seeds)")
+    top = max([st[0] + st[1] for st in stats.values() if st is not None] or [1.0])
+    ax.set_ylim(0, top * 1.25)
+    ax.legend(ncol=len(inits), loc="upper center", frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    ap.add_argument("--out", default="output/compare")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--inits", nargs="+", default=["mae", "supervised", "scratch"])
+    ap.add_argument("--init", action="append", default=[], metavar="NAME=CKPT",
+                    help="an extra initialisation from a checkpoint file (official MAE, DeiT, ...)")
+    ap.add_argument("--tasks", nargs="+", default=["linprobe", "finetune", "det", "seg"], choices=list(TASK_METRICS))
+    ap.add_argument("--args", action="append", default=[], metavar="STEP=ARGS",
+                    help="extra arguments for one step (pretrain, supervised, linprobe, finetune, det, seg), "
+                         "e.g. --args 'det=train.max_iter=1000'")
+    ap.add_argument("--cell-timeout", type=float, default=None, help="seconds before a step counts as failed")
+    args = ap.parse_args(argv)
+    extra = {}
+    for spec in args.init:
+        if "=" not in spec:
+            raise SystemExit(f"compare: --init expects NAME=CKPT, got {spec!r}")
+        k, v = spec.split("=", 1)
+        extra[k] = v
+    preset = {k: list(v) for k, v in PRESETS[args.preset].items()}
+    for spec in args.args:
+        step, _, extra_args = spec.partition("=")
+        if step not in preset:
+            raise SystemExit(f"compare: --args {spec!r}: unknown step {step!r}; use {', '.join(preset)}")
+        preset[step] += shlex.split(extra_args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(out, preset, args.cell_timeout)
+    weights = pretrain_inits(runner, args.inits, extra)
+    inits = [i for i in [*args.inits, *extra] if i in weights] + [i for i in args.inits if i not in weights]
+    cells = [Cell(i, t, s, out / "runs" / t / i / f"seed{s}") for s in args.seeds for t in args.tasks for i in inits]
+    results = {}
+    for n, c in enumerate(cells, 1):
+        if c.init not in weights:
+            results[(c.init, c.task, c.seed)] = None
+            continue
+        results[(c.init, c.task, c.seed)] = runner.step(
+            c.name, task_cmd(c.task, weights[c.init], c.dir, c.seed, runner.preset), c.dir, f"{n}/{len(cells)}")
+    (out / "failed.txt").write_text("\n".join(runner.failed) + ("\n" if runner.failed else ""))
+    table = write_results(out, results, inits, args.tasks, args.seeds, runner.failed, args.preset,
+                          time.time() - runner.t0)
+    print("\n" + table + "\n")
+    print(f"results: {out.resolve()} (table.md, results.csv, comparison.png"
+          + (", pretrain/mae/ reconstructions" if "mae" in weights else "") + ")")
+    if runner.failed:
+        print(f"{len(runner.failed)} step(s) failed: see {out / 'failed.txt'}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
