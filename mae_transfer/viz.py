@@ -21,6 +21,14 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | os.PathLike) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 @torch.no_grad()
 def mae_reconstruction(model, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
     """Run an MAE and return images ``(N, C, H, W)`` in the input's (normalised) space:
@@ -76,11 +84,7 @@ def save_reconstruction_figure(model, imgs: torch.Tensor, path: str | os.PathLik
                 ax.set_ylabel(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def save_loss_curve(records: list[dict], path: str | os.PathLike, key: str = "loss", title: str | None = None) -> Path:
@@ -100,11 +104,7 @@ def save_loss_curve(records: list[dict], path: str | os.PathLike, key: str = "lo
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def save_sweep_plot(ratios: Sequence[float], series: dict[str, Sequence[float]], path: str | os.PathLike,
@@ -122,8 +122,4 @@ def save_sweep_plot(ratios: Sequence[float], series: dict[str, Sequence[float]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

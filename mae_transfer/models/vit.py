@@ -84,29 +84,14 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative_coords.long()]
 
 
-def decomposed_rel_pos_bias(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                            hw: tuple[int, int]) -> torch.Tensor:
-    """ViTDet / MViTv2 decomposed relative position as an additive attention bias.
-
-    q: (B, heads, h*w, C) unscaled queries. Returns (B, heads, h*w, h*w)."""
-    h, w = hw
-    B, nh, _, C = q.shape
-    Rh = get_rel_pos(h, h, rel_pos_h)
-    Rw = get_rel_pos(w, w, rel_pos_w)
-    r_q = q.reshape(B, nh, h, w, C)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, Rh)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, Rw)
-    return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(B, nh, h * w, h * w)
-
-
 def fold_decomposed_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor,
                             rel_pos_w: torch.Tensor, hw: tuple[int, int]):
     """The decomposed relative position folded into queries and keys, so attention needs no bias tensor.
 
     With ``rel_h = q . R_h`` (one value per key row) and ``rel_w = q . R_w`` (per key column),
     ``q' = [q * scale, rel_h, rel_w]`` and ``k' = [k, onehot(key row), onehot(key column)]`` give
-    ``q' . k' = scale * q . k + rel_h[row(k)] + rel_w[col(k)]``: the same logits as
-    :func:`decomposed_rel_pos_bias`, but SDPA can use its flash / memory-efficient kernels and never
+    ``q' . k' = scale * q . k + rel_h[row(k)] + rel_w[col(k)]``: the logits of ViTDet's
+    ``add_decomposed_rel_pos`` (detectron2), but SDPA can use its flash / memory-efficient kernels and never
     materialises an ``(h*w, h*w)`` bias per head. q, k, v are zero-padded to one head width, a multiple
     of 8 (what those kernels need). Call SDPA with ``scale=1`` and keep the first ``C`` output channels.
 
