@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .models.pos_embed import resample_abs_pos_embed
-from .models.vit import resize_beit_bias_table
+from .models.vit import resize_beit_bias_table, resize_rel_pos
 
 logger = logging.getLogger("mae_transfer")
 
@@ -36,7 +36,7 @@ __all__ = ["CheckpointError", "CheckpointMismatchError", "LoadReport", "load_fil
            "register_key_converter"]
 
 # Parameters that exist only in the MAE pretraining model; a downstream encoder drops them.
-MAE_DECODER_KEYS = re.compile(r"^(mask_token|decoder_.*|encoder_mask_token)$|^decoder_")
+MAE_DECODER_KEYS = re.compile(r"^(mask_token|encoder_mask_token)$|^decoder_")
 # Parameters a downstream model may add on top of a pretrained encoder: they start from their init.
 NEW_DOWNSTREAM_KEYS = re.compile(
     r"^(head\.|fc_norm\.|blocks\.\d+\.attn\.(rel_pos_[hw]|relative_position_bias_table)$|blocks\.\d+\.ls[12]\.gamma$)")
@@ -155,11 +155,9 @@ def to_mae_transfer_keys(sd: dict) -> tuple[dict, str]:
 
 
 # ---- shapes: positions, patch embedding, relative-position tables ------------------------------------
-def _grid_of(n: int) -> tuple[int, int]:
+def _square_side(n: int) -> int | None:
     side = int(round(n ** 0.5))
-    if side * side != n:
-        raise CheckpointMismatchError(f"pos_embed with {n} patch rows is not a square grid")
-    return side, side
+    return side if side > 0 and side * side == n else None
 
 
 def resize_patch_embed(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -180,9 +178,11 @@ def adapt_state_dict(sd: dict, model: nn.Module) -> tuple[dict, list[str]]:
         n_model_prefix = want.shape[1] - (model.grid_size[0] * model.grid_size[1])
         n_ckpt = pe.shape[1]
         # does the checkpoint have a cls row? (its patch rows must form a square grid)
-        side = int(round((n_ckpt - 1) ** 0.5))
-        ckpt_prefix = 1 if side * side == n_ckpt - 1 else 0
-        grid_ckpt = _grid_of(n_ckpt - ckpt_prefix)
+        ckpt_prefix = 1 if _square_side(n_ckpt - 1) else 0
+        side = _square_side(n_ckpt - ckpt_prefix)
+        if side is None:
+            raise CheckpointMismatchError(f"{key} with {n_ckpt - ckpt_prefix} patch rows is not a square grid")
+        grid_ckpt = (side, side)
         prefix, patches = pe[:, :ckpt_prefix], pe[:, ckpt_prefix:]
         patches = resample_abs_pos_embed(patches, model.grid_size, grid_ckpt, num_prefix_tokens=0,
                                          antialias=True)  # as timm
@@ -201,8 +201,7 @@ def adapt_state_dict(sd: dict, model: nn.Module) -> tuple[dict, list[str]]:
         if k not in target or v.shape == target[k].shape:
             continue
         if k.endswith(("attn.rel_pos_h", "attn.rel_pos_w")) and v.shape[1] == target[k].shape[1]:
-            n = target[k].shape[0]
-            out[k] = F.interpolate(v.T.unsqueeze(0).float(), size=n, mode="linear").squeeze(0).T.to(v.dtype)
+            out[k] = resize_rel_pos(v.float(), target[k].shape[0]).to(v.dtype)
             resized.append(f"{k} {tuple(v.shape)}->{tuple(out[k].shape)}")
         elif k.endswith("attn.relative_position_bias_table") and v.shape[1] == target[k].shape[1]:
             def hw_of(rows):  # rows = (2h-1)^2 + 3 for a square grid

@@ -71,13 +71,19 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+def resize_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear resize of a ``(L, C)`` relative-position table to ``(length, C)`` (ViTDet's rule)."""
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    return F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=length,
+                         mode="linear").reshape(-1, length).permute(1, 0)
+
+
 def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Relative positions along one axis, ``(q_size, k_size, C)``; ViTDet's rule, table resized linearly
     when its length is not ``2 * max(q_size, k_size) - 1``."""
     max_rel_dist = 2 * max(q_size, k_size) - 1
-    if rel_pos.shape[0] != max_rel_dist:
-        rel_pos = F.interpolate(rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1), size=max_rel_dist,
-                                mode="linear").reshape(-1, max_rel_dist).permute(1, 0)
+    rel_pos = resize_rel_pos(rel_pos, max_rel_dist)
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative_coords = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
