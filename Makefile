@@ -13,7 +13,7 @@ test-all: setup
 	MAE_RUN_SLOW=1 $(PY) -m pytest -q
 
 demo: setup
-	$(PY) pretrain/run.py
+	$(PY) tools/compare.py
 
 clean:
 	rm -rf $(VENV) output

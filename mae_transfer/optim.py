@@ -41,7 +41,7 @@ def lr_decay_scale(name: str, depth: int, decay: float) -> float:
 
 def param_groups(model: nn.Module, weight_decay: float = 0.05, layer_decay: float | None = None,
                  depth: int | None = None, no_weight_decay: set[str] | frozenset = frozenset(),
-                 encoder_prefix: str = "") -> list[dict]:
+                 encoder_prefix: str = "", head_lr_scale: float = 1.0) -> list[dict]:
     """AdamW parameter groups: decay / no-decay, each split by lr scale when ``layer_decay`` is set.
 
     Args:
@@ -52,6 +52,7 @@ def param_groups(model: nn.Module, weight_decay: float = 0.05, layer_decay: floa
         no_weight_decay: extra full parameter names to exclude from weight decay.
         encoder_prefix: only names starting with it get layer decay (e.g. ``"backbone."``); others use
             scale 1 (necks and heads, as ViTDet).
+        head_lr_scale: lr scale of the parameters outside ``encoder_prefix`` (default 1).
     Each group has ``params``, ``weight_decay`` and ``lr_scale``; see :func:`set_lr`.
     """
     if layer_decay is not None and depth is None:
@@ -65,7 +66,7 @@ def param_groups(model: nn.Module, weight_decay: float = 0.05, layer_decay: floa
             continue
         no_decay = p.ndim <= 1 or bool(_NO_DECAY.search(name)) or name in no_weight_decay
         wd = 0.0 if no_decay else weight_decay
-        scale = 1.0
+        scale = 1.0 if name.startswith(encoder_prefix) else head_lr_scale
         if layer_decay is not None and name.startswith(encoder_prefix):
             scale = lr_decay_scale(name[len(encoder_prefix):], depth, layer_decay)
         g = groups.setdefault((wd, scale), {"params": [], "param_names": [], "weight_decay": wd, "lr_scale": scale})

@@ -28,6 +28,10 @@ class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         layer_decay (float, required): decay per layer (0.65 for the MAE ADE20K recipe).
         num_layers (int, optional): encoder depth; default ``model.backbone.vit.depth``.
         encoder_prefix (str, optional): parameter-name prefix of the encoder, default ``"backbone.vit."``.
+        head_lr_mult (float, optional): extra lr factor for everything outside the encoder (neck and heads),
+            default 1 (the published recipes). Short schedules need it: mmcv initialises the heads' convs
+            with Kaiming normal (fan-out), about 5x larger than PyTorch's default, so under Adam's
+            fixed-size steps they move 5x slower relative to their size.
 
     Each param group gets ``lr = base_lr * scale`` (mmengine's schedulers then scale every group's own
     initial lr), ``lr_scale = scale`` and its ``weight_decay``.
@@ -35,10 +39,10 @@ class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
 
     def add_params(self, params: list, module: nn.Module, **kwargs):
         cfg = dict(self.paramwise_cfg)
-        unknown = set(cfg) - {"layer_decay", "num_layers", "encoder_prefix"}
+        unknown = set(cfg) - {"layer_decay", "num_layers", "encoder_prefix", "head_lr_mult"}
         if "layer_decay" not in cfg or unknown:
             raise ValueError(f"ViTLayerDecayOptimizerConstructor: paramwise_cfg needs 'layer_decay' and accepts "
-                             f"only layer_decay, num_layers, encoder_prefix; got {sorted(cfg)}")
+                             f"only layer_decay, num_layers, encoder_prefix, head_lr_mult; got {sorted(cfg)}")
         if is_model_wrapper(module):
             module = module.module
         prefix = cfg.get("encoder_prefix", "backbone.vit.")
@@ -52,7 +56,7 @@ class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
                                      "set paramwise_cfg.encoder_prefix / num_layers")
             depth = enc.depth
         groups = param_groups(module, weight_decay=self.base_wd or 0.0, layer_decay=cfg["layer_decay"],
-                              depth=depth, encoder_prefix=prefix)
+                              depth=depth, encoder_prefix=prefix, head_lr_scale=float(cfg.get("head_lr_mult", 1.0)))
         for g in groups:
             g["lr"] = self.base_lr * g["lr_scale"]
         summary = ", ".join(f"{len(g['params'])} params x{g['lr_scale']:.4g} wd {g['weight_decay']}"

@@ -21,7 +21,7 @@ def write(path: Path, metrics: dict):
 def test_table_from_finished_cells_is_not_recomputed(tmp_path):
     out = tmp_path / "cmp"
     for init in ("mae", "supervised"):
-        write(out / "pretrain" / init, {"wall_s": 1.0})
+        write(out / "pretrain" / init, {"wall_s": 1.0, "epochs": 4, "steps": 10, "effective_batch": 256})
     values = {("mae", 0): 40.0, ("mae", 1): 44.0, ("supervised", 0): 41.0, ("supervised", 1): 41.0,
               ("scratch", 0): 30.0, ("scratch", 1): 31.0}
     for (init, seed), v in values.items():
@@ -32,7 +32,9 @@ def test_table_from_finished_cells_is_not_recomputed(tmp_path):
     table = (out / "table.md").read_text()
     assert "| mae | **42.0 ± 2.8** | **37.0 ± 2.8** | 58.0 ± 2.8 |" in table
     assert "| scratch | 30.5 ± 0.7 | 25.5 ± 0.7 | **69.5 ± 0.7** |" in table
+    assert "| *MAE − scratch* | +11.50 | +11.50 | -11.50 |" in table
     assert "Published numbers" in table and "50.3 / 44.9" in table
+    assert "mae: 4 epoch(s), 10 steps x batch 256 = 2,560 images seen" in table
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 3 * 2 * 3  # inits x seeds x metrics
     assert {r["value"] for r in rows if r["init"] == "mae" and r["metric"] == "mIoU"} == {"60.0", "56.0"}

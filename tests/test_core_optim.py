@@ -40,6 +40,10 @@ def test_prefixed_backbone_and_schedule():
              for n in g["param_names"]}
     assert scale["backbone.blocks.0.attn.qkv.weight"] == pytest.approx(0.7 ** 4)
     assert scale["neck.weight"] == 1.0
+    heads = {n: g["lr_scale"] for g in param_groups(net, 0.1, 0.7, encoder_prefix="backbone.", head_lr_scale=10.0)
+             for n in g["param_names"]}
+    assert heads["neck.weight"] == 10.0 and heads["backbone.blocks.0.attn.qkv.weight"] == pytest.approx(0.7 ** 4)
+    assert heads["backbone.norm.weight"] == 1.0  # the encoder's last layer keeps scale 1
     assert cosine_lr(0, 100, 10, 1.0) == 0.0 and cosine_lr(10, 100, 10, 1.0) == pytest.approx(1.0)
     assert cosine_lr(55, 100, 10, 1.0) == pytest.approx(0.5) and cosine_lr(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
     assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)

@@ -67,3 +67,27 @@ def test_truncated_idx_is_named(tmp_path):
         assert "t10k-images-idx3-ubyte" in str(e) and "truncated" in str(e)
     else:
         raise AssertionError("truncated IDX file was accepted")
+
+
+def test_scene_roots_differ_by_item_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAE_DATA_DIR", str(tmp_path))
+    assert scenes.default_scenes_root(2000, 300, 128, 0) == tmp_path / "scenes-128px-2000-300-seed0"
+    demo = scenes.default_scenes_root(2000, 300, 48, 0, num_items=(1, 3), item_size=(18, 36))
+    assert demo == tmp_path / "scenes-48px-2000-300-seed0-items1-3-size18-36"
+    root = ensure_scenes(None, num_train=2, num_val=1, image_size=48, num_items=(1, 3), item_size=(18, 36))
+    assert root == tmp_path / "scenes-48px-2-1-seed0-items1-3-size18-36"
+    assert json.loads((root / "scenes.json").read_text())["item_size"] == [18, 36]
+
+
+def test_photos_show_one_item_on_a_background():
+    from mae_transfer.data.fashion_mnist import load_fashion_mnist
+
+    items, labels = load_fashion_mnist("test")
+    a = scenes.render_photos(items[:8], labels[:8], size=32, seed=0, progress=False)
+    b = scenes.render_photos(items[:8], labels[:8], size=32, seed=0, progress=False)
+    assert a.shape == (8, 32, 32, 3) and a.dtype == np.uint8 and (a == b).all()
+    assert not (a == scenes.render_photos(items[:8], labels[:8], size=32, seed=1, progress=False)).all()
+    for i in range(8):  # each photo is a one-item scene of item i, covering a good part of the image
+        img, sem, inst = scenes.render_scene(np.random.default_rng([0, 7, i]), items[i:i + 1], labels[i:i + 1], 32,
+                                             num_items=(1, 1), item_size=(22, 32))
+        assert (img == a[i]).all() and len(inst) == 1 and inst[0][0] == labels[i] and 0.05 < (sem > 0).mean() < 0.95

@@ -146,3 +146,31 @@ def test_truncated_idx_file_is_named(tmp_path):
         (tmp_path / stem).write_bytes(data)
     with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte holds .* truncated or corrupt"):
         FashionMNIST("test", tmp_path)
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_photos_render_once_and_load_from_cache(tmp_path, monkeypatch):
+    from mae_transfer.data import datasets
+    from mae_transfer.data.datasets import PHOTOS, FashionMNISTPhotos
+
+    src = tmp_path / "fm"
+    src.mkdir()
+    real = FashionMNIST("test")
+    _write_idx(src / "t10k-images-idx3-ubyte.gz", real.images[:5, 2:-2, 2:-2])
+    _write_idx(src / "t10k-labels-idx1-ubyte.gz", real.labels[:5])
+    monkeypatch.setenv("MAE_DATA_DIR", str(tmp_path / "cache"))
+    ds = FashionMNISTPhotos("test", src)
+    img, label, skipped = ds.load(3)
+    assert len(ds) == 5 and img.size == (32, 32) and img.mode == "RGB" and label == real.labels[3] and skipped == 0
+    (cached,) = (tmp_path / "cache").glob(f"{PHOTOS}-32px-seed0-*/test.npz")
+    monkeypatch.setattr(datasets, "load_fashion_mnist", lambda *a: pytest.fail("re-rendered despite the cache"))
+    again = FashionMNISTPhotos("test", src)
+    assert (np.asarray(again.load(3)[0]) == np.asarray(img)).all()
+    cached.write_bytes(b"garbage")
+    with pytest.raises(DataError, match="test.npz"):
+        FashionMNISTPhotos("test", src)

@@ -131,3 +131,15 @@ def test_layer_decay_constructor_uses_core_scales():
     assert by_name["backbone.vit.blocks.0.attn.relative_position_bias_table"]["weight_decay"] == 0
     assert by_name["backbone.vit.pos_embed"]["weight_decay"] == 0
     assert by_name["backbone.vit.blocks.1.mlp.fc1.weight"]["weight_decay"] == 0.05
+    ctor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
+        type="ViTLayerDecayOptimizerConstructor",
+        optim_wrapper_cfg=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.05)),
+        paramwise_cfg=dict(layer_decay=0.65, head_lr_mult=10.0)))
+    lr = {n: g["lr"] for g in ctor(model).optimizer.param_groups for n in g["param_names"]}
+    assert lr["decode_head.conv_seg.weight"] == pytest.approx(1e-2) and lr["neck.upsample_4x.0.weight"] == pytest.approx(1e-2)
+    assert lr["backbone.vit.blocks.0.attn.qkv.weight"] == pytest.approx(1e-3 * 0.65 ** 4)
+    with pytest.raises(ValueError, match="head_lr_mult"):
+        OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
+            type="ViTLayerDecayOptimizerConstructor",
+            optim_wrapper_cfg=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3)),
+            paramwise_cfg=dict(layer_decay=0.65, head_lr=10.0)))(model)

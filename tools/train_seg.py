@@ -146,8 +146,8 @@ def prepare_config(args):
 
     data_root = args.data_root
     if data_root is None and cfg.get("scenes"):
-        from mae_transfer.data.scenes import default_scenes_root, ensure_scenes
-        data_root = str(ensure_scenes(default_scenes_root(**cfg.scenes), **cfg.scenes))
+        from mae_transfer.data.scenes import ensure_scenes
+        data_root = str(ensure_scenes(**cfg.scenes))
     if data_root is not None:
         if not Path(data_root).is_dir():
             raise FileNotFoundError(f"--data-root {data_root} is not a folder")

@@ -1,12 +1,14 @@
 """The demo size of vitdet_scenes_mini.py for the MAE / supervised / random-init comparison
-(tools/compare.py): about a minute of train + eval on 2 uncontended CPU cores.
+(tools/compare.py, `make demo`): about a minute of train + eval on 2 uncontended CPU cores.
 
-Same model and scenes, at half resolution: the 128 px scenes are resized to 64 px (a 16x16 token grid,
-4x fewer tokens), which also puts the items (10-32 px) at about the scale the encoder was pretrained on
-(28 px Fashion-MNIST items in 32 px images). Anchors, the ROI level rule and the global blocks'
-relative-position tables are scaled to match. 600 training scenes, 100 validation scenes, 80 iterations
-of batch 8 (about one epoch). AP values are small in absolute terms: compare initialisations run with
-the same seed.
+Same model family, on small scenes sized so the encoder sees items at the scale it was pretrained on:
+48 px scenes of 1-3 items of 18-36 px (a 12x12 token grid; items span 4-9 tokens, as the 22-32 px items
+of the 32 px pretraining photos span 5-8), normalised with the photos' statistics
+(``configs/pretrain/mini_photos.py``, the pretraining of the demo). Windows of 6x6 tokens (2x2 per image)
+in the non-global blocks; anchors and the ROI level rule fit the item sizes (canonical box 48: boxes
+under 24 px pool from p2, 24-48 px from p3). 2000 training scenes, 300 validation scenes, 160 iterations
+of batch 8 at lr 1e-3 (the short schedule takes 2.5x the mini config's lr), 32 sampled ROIs per image.
+AP values are small in absolute terms: compare initialisations run with the same seed.
 
     python tools/train_det.py --config vitdet_scenes_demo --weights CKPT|none --output-dir DIR --seed S
 """
@@ -16,12 +18,18 @@ from detectron2.config import LazyCall as L
 
 from .vitdet_scenes_mini import data, dataloader, lr_multiplier, model, optimizer, train
 
-size = 64
-data.scenes = dict(num_train=600, num_val=100, image_size=128, seed=0, root=None)
-model.backbone.net.img_size = size        # global blocks' relative-position tables for a 16x16 grid
+size = 48
+data.scenes = dict(num_train=2000, num_val=300, image_size=size, seed=0, root=None, num_items=[1, 3],
+                   item_size=[18, 36])
+# mae_transfer.data.datasets.PHOTOS_MEAN / PHOTOS_STD in 0-255 units
+model.pixel_mean = [122.4, 122.4, 122.4]
+model.pixel_std = [62.7, 62.7, 62.7]
+model.backbone.net.img_size = size        # global blocks' relative-position tables for a 12x12 grid
+model.backbone.net.window_size = 6
 model.backbone.square_pad = size
-model.proposal_generator.anchor_generator.sizes = [[8], [16], [32]]
-model.roi_heads.box_pooler.canonical_box_size = model.roi_heads.mask_pooler.canonical_box_size = 28
+model.proposal_generator.anchor_generator.sizes = [[16], [24], [36]]
+model.roi_heads.batch_size_per_image = 32
+model.roi_heads.box_pooler.canonical_box_size = model.roi_heads.mask_pooler.canonical_box_size = 48
 # Keep low-score detections: after a short schedule scores are low, and COCO AP ranks detections anyway.
 model.roi_heads.box_predictor.test_score_thresh = 0.01
 dataloader.train.mapper.augmentations = [
@@ -31,8 +39,9 @@ dataloader.train.mapper.augmentations = [
 ]
 dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=size, max_size=size)]
 dataloader.train.total_batch_size = 8
-train.max_iter = 80
+optimizer.lr = 1e-3
+train.max_iter = 160
 train.eval_period = 0          # evaluate once, at the end
 train.checkpointer = dict(period=1000, max_to_keep=1)  # only model_final.pth
-train.log_period = 10
-lr_multiplier.warmup_length = 0.1  # 8 iterations
+train.log_period = 20
+lr_multiplier.warmup_length = 0.05  # 8 iterations

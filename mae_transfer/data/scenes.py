@@ -186,19 +186,39 @@ def _matches(root: Path, params: dict) -> bool:
         return False
 
 
-def default_scenes_root(num_train: int = 2000, num_val: int = 300, image_size: int = 128, seed: int = 0) -> Path:
-    """``$MAE_DATA_DIR`` (default ``output/data``) ``/scenes-{size}px-{train}-{val}-seed{seed}``."""
+def default_scenes_root(num_train: int = 2000, num_val: int = 300, image_size: int = 128, seed: int = 0,
+                        num_items: tuple[int, int] = (2, 6), item_size: tuple[int, int] = (20, 64)) -> Path:
+    """``$MAE_DATA_DIR`` (default ``output/data``) ``/scenes-{size}px-{train}-{val}-seed{seed}``, with
+    ``-items{a}-{b}-size{c}-{d}`` appended when the item settings are not the defaults."""
     base = Path(os.environ.get("MAE_DATA_DIR", "output/data"))
-    return base / f"scenes-{image_size}px-{num_train}-{num_val}-seed{seed}"
+    name = f"scenes-{image_size}px-{num_train}-{num_val}-seed{seed}"
+    if tuple(num_items) != (2, 6) or tuple(item_size) != (20, 64):
+        name += f"-items{num_items[0]}-{num_items[1]}-size{item_size[0]}-{item_size[1]}"
+    return base / name
 
 
 def ensure_scenes(root: str | os.PathLike | None = None, num_train: int = 2000, num_val: int = 300,
-                  image_size: int = 128, seed: int = 0, **kwargs) -> Path:
-    """Generate the scenes unless ``root`` already holds a complete set made with the same parameters."""
-    root = Path(root) if root is not None else default_scenes_root(num_train, num_val, image_size, seed)
+                  image_size: int = 128, seed: int = 0, num_items: tuple[int, int] = (2, 6),
+                  item_size: tuple[int, int] = (20, 64), **kwargs) -> Path:
+    """Generate the scenes unless ``root`` (default :func:`default_scenes_root`) already holds a complete
+    set made with the same parameters."""
+    root = Path(root) if root is not None else default_scenes_root(num_train, num_val, image_size, seed,
+                                                                     num_items, item_size)
     params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                  num_items=list(kwargs.get("num_items", (2, 6))), item_size=list(kwargs.get("item_size", (20, 64))),
-                  version=1)
+                  num_items=list(num_items), item_size=list(item_size), version=1)
     if _matches(root, params):
         return root
-    return generate_scenes(root, num_train, num_val, image_size, seed, **kwargs)
+    return generate_scenes(root, num_train, num_val, image_size, seed, tuple(num_items), tuple(item_size), **kwargs)
+
+
+def render_photos(items: np.ndarray, labels: np.ndarray, size: int = 32, seed: int = 0,
+                  item_size: tuple[int, int] = (22, 32), progress: bool = True) -> np.ndarray:
+    """Object-centric "product photos", the built-in stand-in for ImageNet: each item alone, tinted, on a
+    scene background (same renderer as the scenes). Returns (N, size, size, 3) uint8, image i from its own
+    generator ``(seed, i)``."""
+    out = np.empty((len(items), size, size, 3), dtype=np.uint8)
+    for i in tqdm(range(len(items)), desc=f"photos {size}px", disable=not progress, leave=False):
+        img, _, _ = render_scene(np.random.default_rng([seed, 7, i]), items[i:i + 1], labels[i:i + 1], size,
+                                 num_items=(1, 1), item_size=item_size)
+        out[i] = img
+    return out

@@ -1,0 +1,54 @@
+# The demo size of upernet_mae_mini_scenes.py for the MAE / supervised / random-init comparison
+# (tools/compare.py, `make demo`): about 45 s of train + eval on 2 uncontended CPU cores.
+#
+# Same model (MAEViT vit_mini_patch4 + rel-pos bias + layer scale, Feature2Pyramid, UperNet + FCN aux head,
+# AdamW + layer decay 0.65, warmup then poly), on the demo scenes that vitdet_scenes_demo.py uses: 48 px,
+# 1-3 items of 18-36 px (a 12x12 token grid; items span 4-9 tokens, as in the 32 px pretraining photos
+# of configs/pretrain/mini_photos.py, whose statistics normalise the input). Trained on 48x48 crops,
+# evaluated on the whole 48 px scene; 240 iterations of batch 8, heads at 10x lr, background weighted 1/4.
+_base_ = ['upernet_mae_mini_scenes.py']
+
+scenes = dict(num_train=2000, num_val=300, image_size=48, seed=0, num_items=(1, 3), item_size=(18, 36))
+data_root = 'output/data/scenes-48px-2000-300-seed0-items1-3-size18-36'  # replaced by the generated folder
+crop_size = (48, 48)
+data_check = 'pairs'
+
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
+    dict(type='CheckSegLabels', num_classes={{_base_.num_classes}}),
+    dict(type='RandomResize', scale=(48, 48), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=False),
+    dict(type='CheckSegLabels', num_classes={{_base_.num_classes}}),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
+_class_weight = [0.25] + [1.0] * 10
+model = dict(
+    # mae_transfer.data.datasets.PHOTOS_MEAN / PHOTOS_STD in 0-255 units
+    data_preprocessor=dict(mean=[122.4, 122.4, 122.4], std=[62.7, 62.7, 62.7], size=crop_size),
+    backbone=dict(img_size=48),
+    # Background is 75% of the pixels: weighted 1/4 so that objects and background count alike in the loss
+    # (unweighted, every init still predicts background everywhere after this short schedule).
+    decode_head=dict(loss_decode=dict(class_weight=_class_weight)),
+    auxiliary_head=dict(loss_decode=dict(class_weight=_class_weight)))
+
+max_iters = 240
+# Heads at 10x the encoder's top lr: mmcv's Kaiming init of their convs otherwise leaves them near
+# "background everywhere" after 240 iterations whatever the encoder (see ViTLayerDecayOptimizerConstructor).
+optim_wrapper = dict(paramwise_cfg=dict(layer_decay=0.65, head_lr_mult=10.0))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=10),
+    dict(type='PolyLR', eta_min=0.0, power=1.0, begin=10, end=max_iters, by_epoch=False),
+]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
