@@ -61,3 +61,14 @@ def test_failed_cell_is_reported_not_hidden(tmp_path):
     table = (out / "table.md").read_text()
     assert "| scratch | **66.0 ± 0.0** |" in table and "| broken | failed |" in table
     assert "linprobe/broken/seed0" in (out / "failed.txt").read_text()
+
+
+def test_running_step_shows_progress_and_times_out(tmp_path, capsys):
+    script = "import sys, time\nfor i in range(3):\n    sys.stdout.write(f'\\r\\x1b[1mstep {i}\\x1b[0m'); sys.stdout.flush(); time.sleep(0.4)\ntime.sleep(30)"
+    log = tmp_path / "log.txt"
+    t = __import__("time").time()
+    rc = compare.run_logged([sys.executable, "-c", script], log, timeout=2.0, label="toy", every=0.5)
+    assert rc == 124 and __import__("time").time() - t < 10
+    out = capsys.readouterr().out
+    assert "[compare] toy (" in out and "step 2" in out and "\x1b" not in out
+    assert compare.last_line(log) == "[compare] timed out after 2.0 s"

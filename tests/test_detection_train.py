@@ -88,3 +88,16 @@ def test_two_process_cpu_launch(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["world_size"] == 2 and isinstance(m["bbox/AP"], float)
     assert "iter: 2" in (out / "log.txt").read_text()
+
+
+def test_demo_config_trains_and_evaluates(tmp_path):
+    """The `make demo` detection setting as compare.py runs it (full demo model, 48 px scenes of 1-3
+    items), cut to 3 iterations on 8 + 4 scenes."""
+    out = tmp_path / "run"
+    _tool().cli(["--config", "vitdet_scenes_demo", "--weights", "none", "--output-dir", str(out), "--seed", "0",
+                 "--vis", "0", f"data.scenes.root={tmp_path / 'scenes'}", "data.scenes.num_train=8",
+                 "data.scenes.num_val=4", "train.max_iter=3", "model.roi_heads.box_predictor.test_score_thresh=0.0"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["max_iter"] == 3 and 0 <= m["bbox/AP"] <= 100 and 0 <= m["segm/AP"] <= 100
+    params = json.loads((tmp_path / "scenes" / "scenes.json").read_text())
+    assert params["image_size"] == 48 and params["num_items"] == [1, 3] and params["item_size"] == [18, 36]

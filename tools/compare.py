@@ -27,6 +27,7 @@ import csv
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -98,18 +99,49 @@ class Cell:
         return f"{self.task}/{self.init}/seed{self.seed}"
 
 
-def run_logged(cmd: list[str], log: Path, timeout: float | None, env: dict | None = None) -> int:
-    """Run ``cmd`` from the repo root, output to ``log``; returns the exit code (124 on timeout)."""
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def last_line(path: Path) -> str:
+    """The newest progress line of a log (tqdm redraws with \r), colour codes removed."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [x.strip() for x in re.split(r"[\r\n]", ANSI.sub("", text)) if x.strip()]
+    return lines[-1][:160] if lines else ""
+
+
+def run_logged(cmd: list[str], log: Path, timeout: float | None, env: dict | None = None,
+               label: str = "", every: float = 30.0) -> int:
+    """Run ``cmd`` from the repo root, output to ``log``; every ``every`` seconds print the log's newest
+    line, so progress shows while a step runs. Returns the exit code (124 on timeout)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
     with open(log, "w") as f:
         f.write("$ " + shlex.join(cmd) + "\n")
         f.flush()
-        try:
-            return subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}).returncode
-        except subprocess.TimeoutExpired:
-            f.write(f"\n[compare] timed out after {timeout} s\n")
-            return 124
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        next_print = t0 + every
+        while True:
+            wait_s = next_print - time.time()
+            if timeout is not None:
+                wait_s = min(wait_s, t0 + timeout - time.time())
+            try:
+                return proc.wait(timeout=max(0.05, wait_s))
+            except subprocess.TimeoutExpired:
+                now = time.time()
+                if timeout is not None and now - t0 >= timeout:
+                    proc.kill()
+                    proc.wait()
+                    f.write(f"\n[compare] timed out after {timeout} s\n")
+                    return 124
+                if now >= next_print:
+                    print(f"[compare] {label} ({now - t0:.0f} s): {last_line(log)}", flush=True)
+                    next_print += every
 
 
 def tail(path: Path, n: int = 5) -> str:
@@ -136,7 +168,7 @@ class Runner:
         print(f"[compare {index}] {label}: running (log {out_dir / 'log.txt'}; "
               f"{(time.time() - self.t0) / 60:.1f} min elapsed)", flush=True)
         t = time.time()
-        rc = run_logged(cmd, out_dir / "log.txt", self.timeout, env)
+        rc = run_logged(cmd, out_dir / "log.txt", self.timeout, env, label)
         if rc != 0 or not metrics.is_file():
             why = f"exit code {rc}" if rc else "no metrics.json written"
             self.failed.append(f"{label}: {why}; log {out_dir / 'log.txt'}")
