@@ -48,8 +48,8 @@ TASK_METRICS = {
 }
 
 # Per preset: extra arguments of each step (on top of each tool's defaults) and the default tasks.
-# "demo" (`make demo`, ~17 min on 2 CPU cores): vit_mini_patch4 pretrained 2 epochs on the colour product
-# photos (configs/pretrain/mini_photos.py: MAE, and 1 epoch of supervised training as the baseline), then
+# "demo" (`make demo`, ~15 min on 2 CPU cores): vit_mini_patch4 pretrained on the colour product photos
+# (configs/pretrain/mini_photos.py: 4 MAE epochs, and 1 epoch of 20k photos supervised as the baseline), then
 # linear probe, and Mask R-CNN / UperNet on the 48 px demo scenes (vitdet_scenes_demo,
 # upernet_mae_scenes_demo). "small": fine-tuning added, 4x longer scene schedules and a supervised
 # baseline with the MAE's pretraining time.

@@ -1,5 +1,5 @@
 """The demo size of vitdet_scenes_mini.py for the MAE / supervised / random-init comparison
-(tools/compare.py, `make demo`): about a minute of train + eval on 2 uncontended CPU cores.
+(tools/compare.py, `make demo`): about a minute of train + eval on 2 free CPU cores (80 s with one thread).
 
 Same model family, on small scenes sized so the encoder sees items at the scale it was pretrained on:
 48 px scenes of 1-3 items of 18-36 px (a 12x12 token grid; items span 4-9 tokens, as the 22-32 px items

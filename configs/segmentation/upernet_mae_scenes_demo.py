@@ -1,5 +1,5 @@
 # The demo size of upernet_mae_mini_scenes.py for the MAE / supervised / random-init comparison
-# (tools/compare.py, `make demo`): about 45 s of train + eval on 2 uncontended CPU cores.
+# (tools/compare.py, `make demo`): about 40 s of train + eval on 2 free CPU cores (60 s with one thread).
 #
 # Same model (MAEViT vit_mini_patch4 + rel-pos bias + layer scale, Feature2Pyramid, UperNet + FCN aux head,
 # AdamW + layer decay 0.65, warmup then poly), on the demo scenes that vitdet_scenes_demo.py uses: 48 px,
