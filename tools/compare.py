@@ -285,11 +285,11 @@ def write_results(out: Path, results: dict, inits: list[str], tasks: list[str], 
            "| benchmark | pretraining | ViT-B | ViT-L |", "|---|---|---|---|"]
     md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in PAPER]
     (out / "table.md").write_text("\n".join(md) + "\n")
-    plot(out / "comparison.png", stats, inits, columns)
+    plot(out / "comparison.png", stats, inits, columns, decimals)
     return table
 
 
-def plot(path: Path, stats: dict, inits: list[str], columns: list[tuple[str, str, str]]):
+def plot(path: Path, stats: dict, inits: list[str], columns: list[tuple[str, str, str]], decimals: dict):
     """One panel per metric (own y scale: AP of a short schedule and top-1 differ 50x), a bar per init."""
     import matplotlib
     matplotlib.use("Agg")
@@ -303,7 +303,7 @@ def plot(path: Path, stats: dict, inits: list[str], columns: list[tuple[str, str
                 ax.text(j, 0, "failed", ha="center", va="bottom", fontsize=7, rotation=90)
                 continue
             bar = ax.bar([j], [st[0]], 0.7, yerr=[st[1]], capsize=3, color=colors[j % len(colors)], label=init)
-            ax.bar_label(bar, fmt="%.2f" if abs(st[0]) < 10 else "%.1f", fontsize=7, padding=2)
+            ax.bar_label(bar, fmt=f"%.{decimals[key + '@' + task]}f", fontsize=7, padding=2)
         ax.set_xticks(range(len(inits)), inits, rotation=20, fontsize=8)
         ax.set_title(title, fontsize=9)
         top = max([st[0] + st[1] for i in inits if (st := stats[(i, key + "@" + task)]) is not None] or [1.0])

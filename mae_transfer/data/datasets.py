@@ -96,12 +96,12 @@ class FashionMNISTPhotos(Dataset):
     size = 32
 
     def __init__(self, split: str = "train", root: str | os.PathLike | None = None, seed: int = 0):
-        from .scenes import render_photos
+        from .scenes import data_dir, render_photos
 
         name = f"{PHOTOS}-{self.size}px-seed{seed}"
         if root is not None and Path(root).resolve() != FASHION_ROOT.resolve():  # other source images
             name += "-" + hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
-        cache = Path(os.environ.get("MAE_DATA_DIR", "output/data")) / name / f"{split}.npz"
+        cache = data_dir() / name / f"{split}.npz"
         if not cache.is_file():
             items, labels = load_fashion_mnist(split, root)
             images = render_photos(items, labels, self.size, seed)

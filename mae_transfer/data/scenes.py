@@ -30,6 +30,18 @@ from tqdm import tqdm
 from .fashion_mnist import CLASSES, load_fashion_mnist
 
 SPLITS = {"training": "train", "validation": "test"}  # scene split -> Fashion-MNIST split
+NUM_ITEMS, ITEM_SIZE = (2, 6), (20, 64)  # default items per scene and item side in px (128 px scenes)
+
+
+def data_dir() -> Path:
+    """Where built-in data is rendered: ``$MAE_DATA_DIR``, default ``output/data``."""
+    return Path(os.environ.get("MAE_DATA_DIR", "output/data"))
+
+
+def _params(num_train, num_val, image_size, seed, num_items, item_size) -> dict:
+    """The generation parameters as ``scenes.json`` records them (what makes two sets the same)."""
+    return dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
+                num_items=list(num_items), item_size=list(item_size), version=1)
 
 
 def silhouette(item: np.ndarray, threshold: int = 5) -> np.ndarray:
@@ -76,7 +88,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray, size: int = 128,
-                 num_items: tuple[int, int] = (2, 6), item_size: tuple[int, int] = (20, 64),
+                 num_items: tuple[int, int] = NUM_ITEMS, item_size: tuple[int, int] = ITEM_SIZE,
                  min_visible: float = 0.4, tries: int = 10):
     """Compose one scene. Returns image (size, size, 3) uint8, semantic map (size, size) uint8 and a list
     of instances ``(class_id 0..9, visible mask (size, size) bool)``."""
@@ -126,15 +138,14 @@ def _coco_json(records: list, split: str) -> dict:
 
 
 def generate_scenes(root: str | os.PathLike, num_train: int = 2000, num_val: int = 300, image_size: int = 128,
-                    seed: int = 0, num_items: tuple[int, int] = (2, 6), item_size: tuple[int, int] = (20, 64),
+                    seed: int = 0, num_items: tuple[int, int] = NUM_ITEMS, item_size: tuple[int, int] = ITEM_SIZE,
                     fmnist_root: str | os.PathLike | None = None, progress: bool = True) -> Path:
     """Write a scene dataset to ``root`` (see the module docstring); returns ``root``.
 
     Written to a temporary folder beside ``root`` and renamed at the end, so an interrupted run leaves
     nothing half-written and concurrent callers (e.g. several DDP ranks) end with one complete copy."""
     root = Path(root)
-    params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                  num_items=list(num_items), item_size=list(item_size), version=1)
+    params = _params(num_train, num_val, image_size, seed, num_items, item_size)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
@@ -187,26 +198,23 @@ def _matches(root: Path, params: dict) -> bool:
 
 
 def default_scenes_root(num_train: int = 2000, num_val: int = 300, image_size: int = 128, seed: int = 0,
-                        num_items: tuple[int, int] = (2, 6), item_size: tuple[int, int] = (20, 64)) -> Path:
+                        num_items: tuple[int, int] = NUM_ITEMS, item_size: tuple[int, int] = ITEM_SIZE) -> Path:
     """``$MAE_DATA_DIR`` (default ``output/data``) ``/scenes-{size}px-{train}-{val}-seed{seed}``, with
     ``-items{a}-{b}-size{c}-{d}`` appended when the item settings are not the defaults."""
-    base = Path(os.environ.get("MAE_DATA_DIR", "output/data"))
     name = f"scenes-{image_size}px-{num_train}-{num_val}-seed{seed}"
-    if tuple(num_items) != (2, 6) or tuple(item_size) != (20, 64):
+    if tuple(num_items) != NUM_ITEMS or tuple(item_size) != ITEM_SIZE:
         name += f"-items{num_items[0]}-{num_items[1]}-size{item_size[0]}-{item_size[1]}"
-    return base / name
+    return data_dir() / name
 
 
 def ensure_scenes(root: str | os.PathLike | None = None, num_train: int = 2000, num_val: int = 300,
-                  image_size: int = 128, seed: int = 0, num_items: tuple[int, int] = (2, 6),
-                  item_size: tuple[int, int] = (20, 64), **kwargs) -> Path:
+                  image_size: int = 128, seed: int = 0, num_items: tuple[int, int] = NUM_ITEMS,
+                  item_size: tuple[int, int] = ITEM_SIZE, **kwargs) -> Path:
     """Generate the scenes unless ``root`` (default :func:`default_scenes_root`) already holds a complete
     set made with the same parameters."""
     root = Path(root) if root is not None else default_scenes_root(num_train, num_val, image_size, seed,
                                                                      num_items, item_size)
-    params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                  num_items=list(num_items), item_size=list(item_size), version=1)
-    if _matches(root, params):
+    if _matches(root, _params(num_train, num_val, image_size, seed, num_items, item_size)):
         return root
     return generate_scenes(root, num_train, num_val, image_size, seed, tuple(num_items), tuple(item_size), **kwargs)
 
