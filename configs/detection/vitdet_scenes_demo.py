@@ -22,8 +22,8 @@ size = 48
 data.scenes = dict(num_train=2000, num_val=300, image_size=size, seed=0, root=None, num_items=[1, 3],
                    item_size=[18, 36])
 # mae_transfer.data.datasets.PHOTOS_MEAN / PHOTOS_STD in 0-255 units
-model.pixel_mean = [122.4, 122.4, 122.4]
-model.pixel_std = [62.7, 62.7, 62.7]
+model.pixel_mean = [115.5, 115.5, 115.5]
+model.pixel_std = [70.9, 70.9, 70.9]
 model.backbone.net.img_size = size        # global blocks' relative-position tables for a 12x12 grid
 model.backbone.net.window_size = 6
 model.backbone.square_pad = size

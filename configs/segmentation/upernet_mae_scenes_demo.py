@@ -35,7 +35,7 @@ test_dataloader = val_dataloader
 _class_weight = [0.25] + [1.0] * 10
 model = dict(
     # mae_transfer.data.datasets.PHOTOS_MEAN / PHOTOS_STD in 0-255 units
-    data_preprocessor=dict(mean=[122.4, 122.4, 122.4], std=[62.7, 62.7, 62.7], size=crop_size),
+    data_preprocessor=dict(mean=[115.5, 115.5, 115.5], std=[70.9, 70.9, 70.9], size=crop_size),
     backbone=dict(img_size=48),
     # Background is 75% of the pixels: weighted 1/4 so that objects and background count alike in the loss
     # (unweighted, every init still predicts background everywhere after this short schedule).

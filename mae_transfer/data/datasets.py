@@ -36,8 +36,8 @@ FASHION_MNIST_MEAN = (0.2190,) * 3
 FASHION_MNIST_STD = (0.3318,) * 3
 PHOTOS = "fashion-mnist-photos"  # the --data name of FashionMNISTPhotos
 # RGB statistics of the 60k rendered training photos (measured once; the scenes have the same renderer).
-PHOTOS_MEAN = (0.480,) * 3
-PHOTOS_STD = (0.246,) * 3
+PHOTOS_MEAN = (0.453,) * 3
+PHOTOS_STD = (0.278,) * 3
 
 
 def is_fashion_mnist_dir(path: str | os.PathLike) -> bool:
@@ -96,9 +96,9 @@ class FashionMNISTPhotos(Dataset):
     size = 32
 
     def __init__(self, split: str = "train", root: str | os.PathLike | None = None, seed: int = 0):
-        from .scenes import data_dir, render_photos
+        from .scenes import RENDER_VERSION, data_dir, render_photos
 
-        name = f"{PHOTOS}-{self.size}px-seed{seed}"
+        name = f"{PHOTOS}-{self.size}px-seed{seed}-v{RENDER_VERSION}"
         if root is not None and Path(root).resolve() != FASHION_ROOT.resolve():  # other source images
             name += "-" + hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
         cache = data_dir() / name / f"{split}.npz"
