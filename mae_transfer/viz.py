@@ -35,17 +35,13 @@ def mae_reconstruction(model, imgs: torch.Tensor, mask_ratio: float = 0.75, nois
     ``masked`` (removed patches zeroed), ``recon`` (every patch predicted) and ``paste`` (prediction
     on masked patches, original on visible ones), plus ``mask`` ``(N, L)`` with 1 = removed.
 
-    With a normalised-pixel target the prediction is per-patch standardised; it is mapped back with
-    each patch's own mean and variance from the original image (as the MAE demo does)."""
+    The prediction is mapped back to pixels by ``model.prediction_to_patches`` (a normalised-pixel
+    target with each patch's own mean and variance, as the MAE demo does; a PCA target with its basis)."""
     was_training = model.training
     model.eval()
     _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise)
     model.train(was_training)
-    pred = pred.float()
-    if getattr(model, "norm_pix_loss", False):
-        target = model.patchify(imgs.float())
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        pred = pred * (var + 1e-6) ** 0.5 + mean
+    pred = model.prediction_to_patches(pred, imgs)
     recon = model.unpatchify(pred)
     m = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))  # 1 where removed
     imgs = imgs.float()
