@@ -144,14 +144,15 @@ def save_ablation_plot(panels: Sequence[dict], path: str | os.PathLike, title: s
         xs = _numeric(panel["labels"])
         pos = list(range(len(panel["labels"])))
         for i, (name, vals) in enumerate(panel["series"].items()):
-            pts = [(p, v) for p, v in zip(pos, vals) if v is not None]
+            shift = 0.0 if xs is not None else (i - 0.5) * 0.38  # bars of a series side by side
+            x = [p + shift for p, v in zip(pos, vals) if v is not None]
+            y = [v for v in vals if v is not None]
             if xs is not None:
-                ax.plot([pos[p] for p, _ in pts], [v for _, v in pts], "o-", label=name)
+                ax.plot(x, y, "o-", label=name)
             else:
-                ax.bar([p + (i - 0.5) * 0.38 for p, _ in pts], [v for _, v in pts], 0.38, label=name)
-            for p, v in pts:
-                ax.annotate(f"{v:.1f}", (p + (0 if xs is not None else (i - 0.5) * 0.38), v), textcoords="offset points",
-                            xytext=(0, 3), ha="center", fontsize=6)
+                ax.bar(x, y, 0.38, label=name)
+            for px, v in zip(x, y):
+                ax.annotate(f"{v:.1f}", (px, v), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=6)
         ax.set_xticks(pos, panel["labels"], fontsize=7, rotation=20 if xs is None else 0)
         ax.set_title(panel["title"], fontsize=9)
         ax.set_ylabel("top-1 (%)", fontsize=8)

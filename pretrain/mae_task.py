@@ -55,8 +55,8 @@ def mae_kwargs(cfg: dict) -> dict:
         raise ConfigError(f"model {cfg['model']!r} has no MAE preset {name!r}; known: "
                           f"{', '.join(k[4:] for k in MAE_PRESETS)}")
     target = target_of(cfg)
-    kw = {**MAE_PRESETS[name], "img_size": cfg["img_size"], "norm_pix_loss": target == "norm_pix", "target": target,
-          "pca_dim": cfg["pca_dim"], "encoder_mask_tokens": cfg["mask_token_in_encoder"]}
+    kw = {**MAE_PRESETS[name], "img_size": cfg["img_size"], "norm_pix_loss": target == "norm_pix",
+          "target": target, "pca_dim": cfg["pca_dim"], "encoder_mask_tokens": cfg["mask_token_in_encoder"]}
     for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
         if cfg[k] is not None:
             kw[k] = cfg[k]
@@ -91,7 +91,8 @@ class MAETask:
     def _seeded(self, base, train: bool, seed: int):
         """``base`` with the training (or evaluation) transform and this run's masks."""
         tf = make_transform(self.cfg, self.mean, self.std, train=train)
-        return seeded(base, tf, seed, self.num_patches, None if self.cfg["mask_sampling"] == "random" else self.noise_fn)
+        noise_fn = None if self.cfg["mask_sampling"] == "random" else self.noise_fn  # random: as before
+        return seeded(base, tf, seed, self.num_patches, noise_fn)
 
     @torch.no_grad()
     def _fit_pca(self, train):

@@ -272,7 +272,8 @@ def write_csv(path: Path, rows: list[dict]):
 
 
 def _fmt(value) -> str:
-    return "failed" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
+    """A top-1 cell: one decimal, or "failed" for a run that produced none."""
+    return "failed" if value is None else f"{value:.1f}"
 
 
 def axis_markdown(a: Axis, rows: list[dict]) -> list[str]:
@@ -281,7 +282,7 @@ def axis_markdown(a: Axis, rows: list[dict]) -> list[str]:
     lines = [f"### {a.title}", "", "| " + " | ".join([*fields, "ft", "lin"]) + " |",
              "|" + "---|" * (len(fields) + 2)]
     for r in (r for r in rows if r["axis"] == a.title):
-        cells = [_fmt(r[f]) for f in fields] + [_fmt(r.get(f"{m}_top1")) for m, _ in METRICS]
+        cells = [str(r[f]) for f in fields] + [_fmt(r.get(f"{m}_top1")) for m, _ in METRICS]
         if r["default"]:
             cells = [f"**{c}**" for c in cells[:1]] + cells[1:]
             cells[0] += " (default)"
@@ -304,12 +305,13 @@ def write_pretraining_outputs(out: Path, axes: list[Axis], rows: list[dict], bas
 
     write_csv(out / "sweep.csv", rows)
     steps = sum(r.get(f"{m}_wall_s") or 0 for r in {r["variant"]: r for r in rows}.values()
-                for m in ("pretrain", "linprobe", "finetune"))
+                for m in ("pretrain", "linprobe", "finetune"))  # each distinct variant once
     head = [f"# Ablation sweep: {base['model']}, pretraining {base['epochs']} epochs, seed {base['seed']}", "",
             f"Top-1 (%) of the linear probe (lin) and fine-tune (ft) of each pretrained variant; the default "
             f"row (the config as given) in bold. Runs: {steps / 60:.1f} min of step wall time. Machine: "
             f"{_machine(wall_s)}.", ""]
-    failed = [f"- {r['variant']}: {r['error']}" for r in {r["variant"]: r for r in rows}.values() if r["status"] != "ok"]
+    unique = {r["variant"]: r for r in rows}.values()  # table1 lists the shared default in every axis
+    failed = [f"- {r['variant']}: {r['error']}" for r in unique if r["status"] != "ok"]
     body = [line for a in axes for line in axis_markdown(a, rows)]
     text = "\n".join(head + body + (["Failed variants:", *failed, ""] if failed else []))
     write_atomic(out / "sweep.md", lambda p: p.write_text(text))
@@ -322,7 +324,7 @@ def write_pretraining_outputs(out: Path, axes: list[Axis], rows: list[dict], bas
 def _panel(a: Axis, rows: list[dict]) -> dict:
     """Plot data of one axis: x labels (the default starred), and ft / lin series (None = failed)."""
     mine = [r for r in rows if r["axis"] == a.title]
-    labels = [" ".join(_fmt(r[f]) for f in a.fields) + (" *" if r["default"] else "") for r in mine]
+    labels = [" ".join(str(r[f]) for f in a.fields) + (" *" if r["default"] else "") for r in mine]
     return {"title": a.title, "labels": labels,
             "series": {name: [r.get(f"{m}_top1") for r in mine] for m, name in (("finetune", "fine-tune"),
                                                                                 ("linprobe", "linear probe"))}}

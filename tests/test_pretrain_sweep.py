@@ -88,7 +88,8 @@ def test_table1_plans_six_axes_sharing_one_default(tmp_path):
     assert len(variants) == sum(len(n) for n in names) - len(axes) + 1
     assert [v["decoder_embed_dim"] for v in axes[1].variants] == [16, 32, 64, 96, 128]  # 1/8 ... 1 of 128-d
     grid = variants["mask_sampling-grid"]
-    assert grid.pretrain["mask_ratio"] == 0.75 and grid.linprobe["weights"].endswith("mask_sampling-grid/pretrain/checkpoint-final.pth")
+    assert grid.pretrain["mask_ratio"] == 0.75
+    assert grid.linprobe["weights"].endswith("mask_sampling-grid/pretrain/checkpoint-final.pth")
 
 
 def test_partial_finetuning_sweep_over_blocks_for_two_checkpoints(tmp_path):

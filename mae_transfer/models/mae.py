@@ -67,20 +67,7 @@ class MaskedAutoencoderViT(VisionTransformer):
                          pos_embed="sincos", global_pool="", num_classes=0, norm_layer=norm_layer)
         del self.head, self.fc_norm, self.head_drop  # not part of the pretraining model
         self.in_chans = in_chans
-        target = target or ("norm_pix" if norm_pix_loss else "pixel")
-        if target not in TARGETS:
-            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-        if norm_pix_loss and target != "norm_pix":
-            raise ValueError(f"norm_pix_loss=True contradicts target={target!r}")
-        self.target, self.norm_pix_loss = target, target == "norm_pix"
-        patch_dim = patch_size ** 2 * in_chans
-        if target == "pca":
-            k = pca_dim or max(1, patch_dim // 8)
-            if not 0 < k <= patch_dim:
-                raise ValueError(f"pca_dim must be in 1..{patch_dim} (the patch dimension), got {k}")
-            # the basis is data: fitted on training patches, kept in the state dict (so in the checkpoint)
-            self.register_buffer("pca_mean", torch.zeros(patch_dim))
-            self.register_buffer("pca_components", torch.zeros(k, patch_dim))
+        out_dim = self._init_target(target, norm_pix_loss, pca_dim, patch_size ** 2 * in_chans)
         self.encoder_mask_tokens = encoder_mask_tokens
         num_patches = self.grid_size[0] * self.grid_size[1]
         if encoder_mask_tokens:
@@ -95,7 +82,6 @@ class MaskedAutoencoderViT(VisionTransformer):
                   num_prefix_tokens=1)
             for _ in range(decoder_depth)])
         self.decoder_norm = norm_layer(decoder_embed_dim)
-        out_dim = self.pca_components.shape[0] if target == "pca" else patch_dim
         self.decoder_pred = nn.Linear(decoder_embed_dim, out_dim, bias=True)
 
         self.decoder_pos_embed.data.copy_(
@@ -105,6 +91,24 @@ class MaskedAutoencoderViT(VisionTransformer):
             nn.init.normal_(self.encoder_mask_token, std=0.02)
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             m.apply(_init_module)
+
+    def _init_target(self, target: str | None, norm_pix_loss: bool, pca_dim: int | None, patch_dim: int) -> int:
+        """Set ``self.target`` (and the PCA buffers); returns the decoder's output size per patch."""
+        target = target or ("norm_pix" if norm_pix_loss else "pixel")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        if norm_pix_loss and target != "norm_pix":
+            raise ValueError(f"norm_pix_loss=True contradicts target={target!r}")
+        self.target, self.norm_pix_loss = target, target == "norm_pix"
+        if target != "pca":
+            return patch_dim
+        k = pca_dim or max(1, patch_dim // 8)
+        if not 0 < k <= patch_dim:
+            raise ValueError(f"pca_dim must be in 1..{patch_dim} (the patch dimension), got {k}")
+        # the basis is data: fitted on training patches, kept in the state dict (so in the checkpoint)
+        self.register_buffer("pca_mean", torch.zeros(patch_dim))
+        self.register_buffer("pca_components", torch.zeros(k, patch_dim))
+        return k
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
