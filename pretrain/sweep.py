@@ -198,11 +198,14 @@ def run_step(cfg: dict, env) -> dict:
     out = Path(cfg["out"])
     done, conf = out / "metrics.json", out / "config.json"
     if done.is_file() and conf.is_file():
-        old = json.loads(done.read_text())
-        if old.get("status") == "ok" and json.loads(conf.read_text()) == json.loads(json.dumps(cfg)):
+        old, ran = json.loads(done.read_text()), json.loads(conf.read_text())
+        same = ({k: v for k, v in ran.items() if k != "resume"}
+                == json.loads(json.dumps({k: v for k, v in cfg.items() if k != "resume"})))
+        if same and old.get("status") == "ok":
             logger.info("reusing %s (finished, same config)", out)
             return old
-        cfg = {**cfg, "resume": "none"}  # another config ran there: start over
+        if not same:  # another config ran there: start over rather than resume its checkpoints
+            cfg = {**cfg, "resume": "none"}
     return run_mode(cfg, env)
 
 

@@ -115,3 +115,18 @@ def test_blocks_sweep_needs_checkpoints_and_valid_counts(tmp_path, capsys):
     ck.write_bytes(b"")
     assert main(["--mode", "sweep", "--out", str(tmp_path / "b"), "blocks=0,9", "--weights", str(ck), *TINY]) == 2
     assert "blocks=9: vit_micro_patch4 has 4 blocks" in capsys.readouterr().err
+
+
+def test_a_step_with_another_config_starts_over_then_is_reused(tmp_path):
+    from pretrain.config import DEFAULT_CONFIG, load_config, parse_overrides, resolve
+    from pretrain.distributed import init_distributed
+    from pretrain.sweep import run_step
+
+    env = init_distributed("cpu")
+    cfg = resolve(load_config(DEFAULT_CONFIG), "pretrain", {"out": str(tmp_path)}, parse_overrides(TINY))
+    first = run_step(cfg, env)
+    assert run_step(cfg, env)["wall_s"] == first["wall_s"]  # finished, same config: reused
+    changed = {**cfg, "mask_ratio": 0.5}
+    second = run_step(changed, env)
+    assert second["mask_ratio"] == 0.5 and json.loads((tmp_path / "config.json").read_text())["resume"] == "none"
+    assert run_step(changed, env)["wall_s"] == second["wall_s"]  # the restart's resume=none is no change
