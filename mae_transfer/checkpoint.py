@@ -36,7 +36,7 @@ __all__ = ["CheckpointError", "CheckpointMismatchError", "LoadReport", "load_fil
            "register_key_converter"]
 
 # Parameters that exist only in the MAE pretraining model; a downstream encoder drops them.
-MAE_DECODER_KEYS = re.compile(r"^(mask_token|encoder_mask_token)$|^decoder_")
+MAE_DECODER_KEYS = re.compile(r"^(mask_token|encoder_mask_token|pca_mean|pca_components)$|^decoder_")
 # Parameters a downstream model may add on top of a pretrained encoder: they start from their init.
 NEW_DOWNSTREAM_KEYS = re.compile(
     r"^(head\.|fc_norm\.|blocks\.\d+\.attn\.(rel_pos_[hw]|relative_position_bias_table)$|blocks\.\d+\.ls[12]\.gamma$)")

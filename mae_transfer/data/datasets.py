@@ -228,12 +228,16 @@ class SeededDataset(Dataset):
         seed: run seed.
         noise_len: if > 0, also return ``noise`` ``(noise_len,)`` uniform [0, 1) from the same seed: the MAE
             masking noise, so a sample's mask does not depend on the process that drew it.
+        noise_fn: draws ``noise`` instead, ``(np.random.Generator) -> (noise_len,)`` from the same seed
+            (block / grid masks, see ``mae_transfer.models.masking.mask_noise``).
     Items: dict with ``img`` (C, H, W), ``label`` (), ``index`` (), ``skipped`` () and maybe ``noise``.
     Call :meth:`set_epoch` before building each epoch's loader iterator.
     """
 
-    def __init__(self, base, transform: Callable, seed: int = 0, noise_len: int = 0):
+    def __init__(self, base, transform: Callable, seed: int = 0, noise_len: int = 0,
+                 noise_fn: Callable[[np.random.Generator], np.ndarray] | None = None):
         self.base, self.transform, self.seed, self.noise_len = base, transform, seed, noise_len
+        self.noise_fn = noise_fn
         self.epoch = 0
 
     def set_epoch(self, epoch: int):
@@ -248,7 +252,11 @@ class SeededDataset(Dataset):
         item = {"img": self.transform(img, random.Random(s)), "label": torch.tensor(label),
                 "index": torch.tensor(i), "skipped": torch.tensor(skipped)}
         if self.noise_len:
-            item["noise"] = torch.from_numpy(np.random.default_rng(s).random(self.noise_len, dtype=np.float32))
+            rng = np.random.default_rng(s)
+            noise = self.noise_fn(rng) if self.noise_fn else rng.random(self.noise_len, dtype=np.float32)
+            if noise.shape != (self.noise_len,):
+                raise ValueError(f"noise_fn returned shape {noise.shape}, expected ({self.noise_len},)")
+            item["noise"] = torch.from_numpy(noise)
         return item
 
 
