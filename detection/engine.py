@@ -28,7 +28,7 @@ from .checkpoint import SafeDetectionCheckpointer, load_weights
 from .lazy import ConfigError
 
 __all__ = ["build_model", "do_test", "do_train", "flat_metrics", "write_metrics", "resolve_weights",
-           "save_prediction_figure"]
+           "save_prediction_figure", "save_predictions"]
 
 logger = logging.getLogger("detectron2.mae_transfer")
 
@@ -223,3 +223,47 @@ def save_prediction_figure(cfg, model, path: str | os.PathLike, num_images: int 
     plt.close(fig)
     model.train(was_training)
     logger.info(f"prediction figure written to {path}")
+
+
+def save_predictions(cfg, model, path: str | os.PathLike, num_images: int = 6, score_thresh: float = 0.05,
+                     max_per_image: int = 20):
+    """The model's detections on the first ``num_images`` test images, as plain arrays in an ``.npz``:
+    ``file_names`` (K,), and per detection ``image_index``, ``boxes`` (x0, y0, x1, y1), ``classes``
+    (contiguous ids 0..C-1), ``scores`` and ``masks`` (H, W) bool, at most ``max_per_image`` per image
+    with score >= ``score_thresh``. ``tools/compare.py`` draws them beside the other initialisations'.
+    Main process only; written atomically."""
+    if not comm.is_main_process() or num_images <= 0:
+        return
+    import numpy as np
+    from detectron2.data import DatasetCatalog
+
+    name = cfg.dataloader.test.dataset.names
+    dicts = DatasetCatalog.get(name if isinstance(name, str) else name[0])[:num_images]
+    mapper = instantiate(cfg.dataloader.test.mapper)
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    out = {k: [] for k in ("image_index", "boxes", "classes", "scores", "masks")}
+    with torch.no_grad():
+        for i, d in enumerate(dicts):
+            inst = model([mapper(dict(d))])[0]["instances"].to("cpu")
+            inst = inst[inst.scores >= score_thresh][:max_per_image]
+            out["image_index"] += [i] * len(inst)
+            out["boxes"] += inst.pred_boxes.tensor.tolist()
+            out["classes"] += inst.pred_classes.tolist()
+            out["scores"] += inst.scores.tolist()
+            h, w = d["height"], d["width"]
+            masks = inst.pred_masks.numpy() if inst.has("pred_masks") else np.zeros((len(inst), h, w), bool)
+            out["masks"] += list(masks.astype(bool))
+    model.train(was_training)
+    h, w = (dicts[0]["height"], dicts[0]["width"]) if dicts else (0, 0)
+    arrays = {"file_names": np.array([d["file_name"] for d in dicts]),
+              "image_index": np.array(out["image_index"], dtype=np.int64),
+              "boxes": np.array(out["boxes"], dtype=np.float32).reshape(-1, 4),
+              "classes": np.array(out["classes"], dtype=np.int64),
+              "scores": np.array(out["scores"], dtype=np.float32),
+              "masks": np.array(out["masks"], dtype=bool).reshape(-1, h, w)}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)

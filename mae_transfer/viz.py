@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 __all__ = ["mae_reconstruction", "save_reconstruction_figure", "save_loss_curve", "save_sweep_plot",
-           "save_ablation_plot", "save_partial_finetune_plot"]
+           "save_ablation_plot", "save_partial_finetune_plot", "save_transfer_figure"]
 
 
 def _plt():
@@ -182,3 +182,84 @@ def save_partial_finetune_plot(blocks: Sequence[int], series: dict[str, Sequence
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     return _save(plt, fig, path)
+
+
+def _label_colours(n: int):
+    """(n, 3) float colours for class ids 1..n-1 (0 = background is left uncoloured)."""
+    plt = _plt()
+    cmap = plt.get_cmap("tab10" if n <= 11 else "tab20")
+    return [cmap((k - 1) % cmap.N)[:3] for k in range(n)]
+
+
+def _overlay(img, labels, colours, alpha: float = 0.55):
+    """``img`` (H, W, 3) uint8 with each non-zero label of ``labels`` (H, W) painted in its colour."""
+    import numpy as np
+
+    out = img.astype(np.float32) / 255.0
+    for k in np.unique(labels):
+        if k == 0 or k >= len(colours):
+            continue
+        m = labels == k
+        out[m] = (1 - alpha) * out[m] + alpha * np.asarray(colours[k])
+    return out
+
+
+def save_transfer_figure(path: str | os.PathLike, images: Sequence, class_names: Sequence[str],
+                         gt_labels: Sequence, gt_boxes: Sequence, rows: dict[str, dict]) -> Path:
+    """The same validation scenes as each initialisation's detector and segmenter see them.
+
+    Args:
+        images: K scenes, each ``(H, W, 3)`` uint8.
+        class_names: names of class ids 1..C (id 0 is background).
+        gt_labels: K ground-truth label maps ``(H, W)`` (0 = background, k = class k).
+        gt_boxes: K lists of ``(x0, y0, x1, y1, class_id)``.
+        rows: init name -> ``{"det": [per scene: list of (x0, y0, x1, y1, class_id, score, mask (H, W) bool
+            or None)] or None, "seg": [per scene: label map (H, W)] or None}``.
+    Two panels of K columns each: detections (boxes, instance masks, class and score) and segmentation
+    (label maps over the image); the first row is the ground truth, then one row per init.
+    """
+    plt = _plt()
+    names = ["background", *class_names]
+    colours = _label_colours(len(names))
+    k = len(images)
+    all_rows = [("ground truth", {"det": [[(*b[:5], None, None) for b in boxes] for boxes in gt_boxes],
+                                  "seg": list(gt_labels)})] + list(rows.items())
+    fig, axes = plt.subplots(len(all_rows), 2 * k, figsize=(1.5 * 2 * k + 0.6, 1.6 * len(all_rows) + 0.5),
+                             squeeze=False)
+    for r, (name, pred) in enumerate(all_rows):
+        for j in range(k):
+            ax_det, ax_seg = axes[r, j], axes[r, k + j]
+            dets, seg = (pred.get("det") or [None] * k)[j], (pred.get("seg") or [None] * k)[j]
+            inst = None
+            if dets is not None:
+                import numpy as np
+
+                inst = np.zeros(images[j].shape[:2], dtype=np.int64)
+                for x0, y0, x1, y1, c, score, mask in dets:
+                    if mask is not None:
+                        inst[mask] = c
+            ax_det.imshow(_overlay(images[j], inst, colours) if inst is not None else images[j])
+            for x0, y0, x1, y1, c, score, _ in dets or []:
+                ax_det.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.0,
+                                               color=colours[int(c)]))
+                label = names[int(c)] if score is None else f"{names[int(c)]} {score:.2f}"
+                ax_det.text(x0, y0 - 1, label, fontsize=4.5, color="white", va="bottom",
+                            bbox=dict(facecolor=colours[int(c)], alpha=0.8, pad=0.5, lw=0))
+            ax_seg.imshow(_overlay(images[j], seg, colours) if seg is not None else images[j])
+            for ax in (ax_det, ax_seg):
+                ax.set_xticks([])
+                ax.set_yticks([])
+            if dets is None:
+                ax_det.text(0.5, 0.5, "no run", transform=ax_det.transAxes, ha="center", fontsize=7)
+            if seg is None:
+                ax_seg.text(0.5, 0.5, "no run", transform=ax_seg.transAxes, ha="center", fontsize=7)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    axes[0, 0].set_title("detection (Mask R-CNN)", loc="left", fontsize=8)
+    axes[0, k].set_title("segmentation (UperNet)", loc="left", fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[c]) for c in range(1, len(names))]
+    fig.legend(handles, names[1:], loc="lower center", ncol=min(10, len(names) - 1), fontsize=6, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path = Path(path)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path

@@ -315,6 +315,56 @@ def plot(path: Path, stats: dict, inits: list[str], columns: list[tuple[str, str
     plt.close(fig)
 
 
+def _scene_ground_truth(file_names: list[str]):
+    """Images, label maps, boxes and class names of built-in validation scenes, from the scene folder
+    (``root/images/validation/N.jpg`` beside ``root/annotations/validation/N.png`` and ``root/coco``)."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(file_names[0]).parents[2]
+    coco = json.loads((root / "coco" / "instances_validation.json").read_text())
+    by_file = {im["file_name"]: im["id"] for im in coco["images"]}
+    boxes = {i: [] for i in by_file.values()}
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        boxes[a["image_id"]].append((x, y, x + w, y + h, a["category_id"]))
+    images, labels, gt_boxes = [], [], []
+    for f in map(Path, file_names):
+        images.append(np.asarray(Image.open(f).convert("RGB")))
+        labels.append(np.asarray(Image.open(root / "annotations" / "validation" / f"{f.stem}.png")))
+        gt_boxes.append(boxes[by_file[f.name]])
+    return images, labels, gt_boxes, [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+
+
+def transfer_figure(out: Path, inits: list[str], seed: int, score_thresh: float = 0.3) -> Path | None:
+    """``predictions.png``: the same validation scenes through each init's detector and segmenter
+    (downstream seed ``seed``), from the ``val_predictions.npz`` the cells wrote. None if no cell did."""
+    import numpy as np
+
+    from mae_transfer.viz import save_transfer_figure
+
+    rows, file_names = {}, None
+    for init in inits:
+        row = {"det": None, "seg": None}
+        det = out / "runs" / "det" / init / f"seed{seed}" / "val_predictions.npz"
+        seg = out / "runs" / "seg" / init / f"seed{seed}" / "val_predictions.npz"
+        if det.is_file():
+            with np.load(det) as d:
+                file_names = file_names or [str(f) for f in d["file_names"]]
+                row["det"] = [[(*d["boxes"][n], d["classes"][n] + 1, d["scores"][n], d["masks"][n])
+                               for n in np.flatnonzero((d["image_index"] == i) & (d["scores"] >= score_thresh))]
+                              for i in range(len(d["file_names"]))]
+        if seg.is_file():
+            with np.load(seg) as d:
+                file_names = file_names or [str(f) for f in d["file_names"]]
+                row["seg"] = list(d["labels"])
+        rows[init] = row
+    if not file_names:
+        return None
+    images, labels, boxes, names = _scene_ground_truth(file_names)
+    return save_transfer_figure(out / "predictions.png", images, names, labels, boxes, rows)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="demo", choices=sorted(PRESETS))

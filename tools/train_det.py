@@ -31,7 +31,7 @@ from detectron2.utils import comm  # noqa: E402
 from detection.checkpoint import SafeDetectionCheckpointer, load_weights  # noqa: E402
 from detection.data import CocoFormatError  # noqa: E402
 from detection.engine import (build_model, do_test, do_train, flat_metrics, resolve_weights,  # noqa: E402
-                              save_prediction_figure, write_metrics)
+                              save_prediction_figure, save_predictions, write_metrics)
 from detection.lazy import ConfigError, load_config, resolve_config, setup_datasets  # noqa: E402
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
 
@@ -105,6 +105,7 @@ def main(args) -> dict:
                    world_size=comm.get_world_size(), device=str(cfg.train.device))
     write_metrics(Path(cfg.train.output_dir) / "metrics.json", metrics)
     save_prediction_figure(cfg, model, Path(cfg.train.output_dir) / "predictions.png", args.vis)
+    save_predictions(cfg, model, Path(cfg.train.output_dir) / "val_predictions.npz", args.vis)
     return metrics
 
 
