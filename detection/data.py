@@ -30,12 +30,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mae_transfer.common import write_json
 
 __all__ = ["CocoFormatError", "ValidationReport", "validate_coco_json", "register_coco_dataset"]
 
@@ -280,19 +281,6 @@ def validate_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLi
     return clean, report
 
 
-def _write_json_atomic(obj: dict, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def register_coco_dataset(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike,
                           cache_dir: str | os.PathLike, *, is_train: bool = True,
                           check_files: bool = True) -> ValidationReport:
@@ -305,7 +293,7 @@ def register_coco_dataset(name: str, json_file: str | os.PathLike, image_root: s
     clean, report = validate_coco_json(json_file, image_root, is_train=is_train, check_files=check_files)
     logger.info(f"dataset {name!r}: {report}")
     clean_path = Path(cache_dir) / f"{name}.json"
-    _write_json_atomic(clean, clean_path)
+    write_json(clean, clean_path, indent=None)
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

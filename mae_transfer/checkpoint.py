@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -26,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .common import atomic_write
 from .models.pos_embed import resample_abs_pos_embed
 from .models.vit import resize_beit_bias_table, resize_rel_pos
 
@@ -268,23 +268,6 @@ def load_pretrained(model: nn.Module, src: str | os.PathLike | dict, *,
 
 # ---- saving ---------------------------------------------------------------------------------------------
 def save_checkpoint(obj: dict, path: str | os.PathLike):
-    """Write atomically: a temp file in the same folder, fsync, then rename over ``path``. A crash at
-    any moment leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save(obj)`` through :func:`mae_transfer.common.atomic_write`: a crash at any moment
+    leaves either the old file or the new one, never a torn one."""
+    atomic_write(path, lambda f: torch.save(obj, f))

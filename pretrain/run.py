@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
+from mae_transfer.common import write_json  # noqa: E402
 from mae_transfer.data.datasets import DataError  # noqa: E402
 from pretrain.config import DEFAULT_CONFIG, FIELDS, MODES, ConfigError, load_config, parse_overrides, resolve  # noqa: E402
 
@@ -71,12 +70,6 @@ def _setup_logging(out: Path | None, is_main: bool):
         root.addHandler(fh)
 
 
-def _write_json(obj, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run_mode(cfg: dict, env) -> dict:
     """Train and evaluate one mode into ``cfg['out']``; returns the metrics written to metrics.json."""
     from pretrain.engine import Trainer, TrainingDiverged
@@ -88,7 +81,7 @@ def run_mode(cfg: dict, env) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".checkpoint-*.tmp"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
-        _write_json(cfg, out / "config.json")
+        write_json(cfg, out / "config.json")
     _setup_logging(out, env.is_main)
     logger.info("output directory: %s", out.resolve())
     t0 = time.time()
@@ -107,7 +100,7 @@ def run_mode(cfg: dict, env) -> dict:
         summary = trainer.fit()
     except TrainingDiverged as e:
         if env.is_main:
-            _write_json({"mode": cfg["mode"], "status": "diverged", "error": str(e), "wall_s": time.time() - t0},
+            write_json({"mode": cfg["mode"], "status": "diverged", "error": str(e), "wall_s": time.time() - t0},
                         out / "metrics.json")
         raise
     finally:
@@ -122,7 +115,7 @@ def run_mode(cfg: dict, env) -> dict:
     else:
         metrics["mask_ratio"] = cfg["mask_ratio"]
     if env.is_main:
-        _write_json(metrics, out / "metrics.json")
+        write_json(metrics, out / "metrics.json")
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
                  if k in ("top1", "top5", "final_loss", "val_loss", "wall_s")}
         logger.info("done: %s", shown)
@@ -159,7 +152,7 @@ def run_sweep(file_cfg: dict, flags: dict, overrides: dict, env) -> dict:
                         {"fine-tune": [r["finetune_top1"] for r in rows],
                          "linear probe": [r["linprobe_top1"] for r in rows]},
                         out / "sweep.png", title=f"masking ratio sweep ({base['model']}, seed {base['seed']})")
-        _write_json({"mode": "sweep", "rows": rows}, out / "metrics.json")
+        write_json({"mode": "sweep", "rows": rows}, out / "metrics.json")
         print(f"sweep: wrote {out / 'sweep.csv'} and {out / 'sweep.png'}", flush=True)
     return {"rows": rows}
 

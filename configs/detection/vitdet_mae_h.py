@@ -19,7 +19,7 @@ model.backbone.net.num_heads = 16
 model.backbone.net.drop_path_rate = 0.5
 model.backbone.net.global_blocks = (7, 15, 23, 31)
 
-optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=32, decay=0.9)
+optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=32, layer_decay=0.9)
 optimizer.params.overrides = {}
 optimizer.params.weight_decay_norm = None
 

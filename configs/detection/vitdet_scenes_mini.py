@@ -27,7 +27,7 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler
 
 from detection.backbone import LastLevelMaxPoolOf, ViTDetBackbone
-from detection.lazy import lsj_dataloader
+from detection.loaders import lsj_dataloader
 from detection.lr_decay import vit_lr_factor
 
 image_size, channels = 128, 64
@@ -96,5 +96,5 @@ lr_multiplier = L(WarmupParamScheduler)(
 optimizer = model_zoo.get_config("common/optim.py").AdamW
 optimizer.lr = 4e-4
 optimizer.weight_decay = 0.1
-optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=6, decay=0.75)
+optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=6, layer_decay=0.75)
 optimizer.params.overrides = {"pos_embed": {"weight_decay": 0.0}}

@@ -454,13 +454,6 @@ class VisionTransformer(nn.Module):
         """Images ``(B, C, H, W)`` -> logits ``(B, num_classes)`` (pooled features if no head)."""
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int):
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=2e-5)
-            nn.init.zeros_(self.head.bias)
-
 
 def _init_module(m: nn.Module):
     if isinstance(m, nn.Linear):
