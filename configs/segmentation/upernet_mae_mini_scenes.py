@@ -1,5 +1,5 @@
 # Small setting that trains and evaluates on 2 CPU cores in about a minute: the UperNet recipe of
-# upernet_mae_b_ade20k.py (MAEViT + rel-pos bias + layer scale, Feature2Pyramid, UperNet + FCN aux head,
+# upernet_mae_b_ade20k.py (PlainViTBackbone + rel-pos bias + layer scale, Feature2Pyramid, UperNet + FCN aux head,
 # AdamW + layer decay, warmup then poly) on the built-in scenes, with the CPU encoder vit_mini_patch4
 # (128-d x 6 blocks, patch 4) that pretrain/run.py MAE-pretrains on 32x32 Fashion-MNIST.
 #
@@ -67,7 +67,7 @@ model = dict(
         seg_pad_val=255,
         size=crop_size),
     backbone=dict(
-        type='MAEViT',
+        type='PlainViTBackbone',
         arch='vit_mini_patch4',
         img_size=64,
         out_indices=(1, 2, 3, 5),  # the B recipe's blocks 4, 6, 8, 12 of 12, scaled to 6 blocks

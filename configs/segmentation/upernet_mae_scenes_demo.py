@@ -1,7 +1,7 @@
 # The demo size of upernet_mae_mini_scenes.py for the MAE / supervised / random-init comparison
 # (tools/compare.py, `make demo`): about 40 s of train + eval on 2 free CPU cores (60 s with one thread).
 #
-# Same model (MAEViT vit_mini_patch4 + rel-pos bias + layer scale, Feature2Pyramid, UperNet + FCN aux head,
+# Same model (PlainViTBackbone vit_mini_patch4 + rel-pos bias + layer scale, Feature2Pyramid, UperNet + FCN aux head,
 # AdamW + layer decay 0.65, warmup then poly), on the demo scenes that vitdet_scenes_demo.py uses: 48 px,
 # 1-3 items of 18-36 px (a 12x12 token grid; items span 4-9 tokens, as in the 32 px pretraining photos
 # of configs/pretrain/mini_photos.py, whose statistics normalise the input). Trained on 48x48 crops,
