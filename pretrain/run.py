@@ -26,13 +26,15 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
+if __package__ in (None, ""):  # run as a script: import the repository's folder as the package `pretrain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import pretrain  # noqa: F401
+    __package__ = "pretrain"
 
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
 from mae_transfer.common import write_json  # noqa: E402
 from mae_transfer.data.datasets import DataError  # noqa: E402
-from pretrain.config import DEFAULT_CONFIG, FIELDS, MODES, ConfigError, load_config, parse_overrides, resolve  # noqa: E402
+from .config import DEFAULT_CONFIG, FIELDS, MODES, ConfigError, load_config, parse_overrides, resolve  # noqa: E402
 
 logger = logging.getLogger("pretrain")
 
@@ -72,7 +74,7 @@ def _setup_logging(out: Path | None, is_main: bool):
 
 def run_mode(cfg: dict, env) -> dict:
     """Train and evaluate one mode into ``cfg['out']``; returns the metrics written to metrics.json."""
-    from pretrain.engine import Trainer, TrainingDiverged
+    from .engine import Trainer, TrainingDiverged
 
     out = Path(cfg["out"])
     if out.exists() and not out.is_dir():
@@ -86,10 +88,10 @@ def run_mode(cfg: dict, env) -> dict:
     logger.info("output directory: %s", out.resolve())
     t0 = time.time()
     if cfg["mode"] == "pretrain":
-        from pretrain.mae_task import MAETask
+        from .mae_task import MAETask
         task = MAETask(cfg, env)
     else:
-        from pretrain.classify import ClassifyTask
+        from .classify import ClassifyTask
         task = ClassifyTask(cfg, env)
     trainer = Trainer(cfg, task, env, out, checkpoint_extra={"model_kwargs": task.model_kwargs})
     trainer.maybe_resume()
@@ -163,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, (d, t, h) in FIELDS.items():
             print(f"{k:20s} {t.__name__:6s} default {d!r:24s} {h}")
         return 0
-    from pretrain.distributed import all_gather_objects, init_distributed, shutdown
-    from pretrain.engine import TrainingDiverged
+    from .distributed import all_gather_objects, init_distributed, shutdown
+    from .engine import TrainingDiverged
     try:
         file_cfg = load_config(args.config or DEFAULT_CONFIG)
         overrides = parse_overrides(args.overrides)
