@@ -23,7 +23,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from torch.nn.parallel import DistributedDataParallel
 
-from mae_transfer.common import ConfigError, write_json
+from mae_transfer.common import ConfigError, is_random_init, write_json
 
 from .checkpoint import SafeDetectionCheckpointer, load_weights
 
@@ -35,7 +35,7 @@ logger = logging.getLogger("detectron2.mae_transfer")
 
 def resolve_weights(weights: str | None) -> str | None:
     """``None`` for random init ("none", "" or None), else an existing file (clear error otherwise)."""
-    if weights is None or str(weights).strip().lower() in ("", "none"):
+    if weights is None or is_random_init(weights):
         return None
     if not Path(weights).is_file():
         raise ConfigError(f"weights file {weights!r} not found; pass --weights FILE, or --weights none "
