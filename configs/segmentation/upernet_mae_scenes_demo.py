@@ -33,9 +33,11 @@ val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 _class_weight = [0.25] + [1.0] * 10
+_datasets = __import__('mae_transfer.data.datasets', fromlist=['PHOTOS_MEAN'])  # read now, not lazily
 model = dict(
-    # mae_transfer.data.datasets.PHOTOS_MEAN / PHOTOS_STD in 0-255 units
-    data_preprocessor=dict(mean=[122.4, 122.4, 122.4], std=[62.7, 62.7, 62.7], size=crop_size),
+    # the colour photos' statistics (mae_transfer.data.datasets, in 0-255 units)
+    data_preprocessor=dict(mean=[round(255 * v, 3) for v in _datasets.PHOTOS_MEAN],
+                           std=[round(255 * v, 3) for v in _datasets.PHOTOS_STD], size=crop_size),
     backbone=dict(img_size=48),
     # Background is 75% of the pixels: weighted 1/4 so that objects and background count alike in the loss
     # (unweighted, every init still predicts background everywhere after this short schedule).
