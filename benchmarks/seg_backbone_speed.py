@@ -3,7 +3,7 @@
 
 Both are built with the ADE20K recipe's settings (BEiT relative position bias, layer scale, cls token,
 drop path 0.1, outputs of blocks 3/5/7/11 for B or 7/11/15/23 for L) and hold the same weights (mmseg's
-converted by ``segmentation.mmseg_keys``). One training step = forward + backward of the mean of the four
+converted by ``mae_transfer.checkpoint_keys``). One training step = forward + backward of the mean of the four
 feature maps; inference = forward under ``no_grad``. Each model runs in its own fresh process so peak
 memory is its own (CUDA: ``max_memory_allocated`` above the weights; CPU: the process's peak RSS,
 weights and libraries included, so CPU memory ratios understate the difference). Printed: images/s, ms/step and peak memory of each, and the ratios ours / mmseg.
@@ -34,7 +34,7 @@ def build_pair(arch: str, img_size: int):
     import torch
     from mmengine.config import ConfigDict
 
-    import segmentation  # noqa: F401  (registers PlainViTBackbone and the key converter)
+    import segmentation  # noqa: F401  (registers PlainViTBackbone)
     from mae_transfer.checkpoint import to_mae_transfer_keys
     from mae_transfer.models.vit import VIT_PRESETS
     from mmseg.registry import MODELS

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     try:
         run(args)
-    except (SegDataError, CheckpointError, ConfigError) as e:
+    except (SegDataError, CheckpointError, ConfigError, FileNotFoundError) as e:
         print(f"train_seg.py: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # raised in a data-loader worker, ours arrives wrapped: unwrap it

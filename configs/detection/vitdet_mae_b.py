@@ -2,7 +2,7 @@
 
 The recipe of detectron2's projects/ViTDet/configs/COCO/mask_rcnn_vitdet_b_100ep.py (Li et al. 2022,
 "Exploring Plain Vision Transformer Backbones for Object Detection"), with mae_transfer's ViT as the
-backbone. Expected (ViTDet paper, Table 5 / DESIGN.md): 51.6 AP box / 45.9 AP mask.
+backbone. Expected (ViTDet paper, Table 5): 51.6 AP box / 45.9 AP mask.
 
     python tools/train_det.py --config vitdet_mae_b --weights mae_pretrain_vit_base.pth --num-gpus 8
 """

@@ -1,5 +1,5 @@
 """ViTDet Mask R-CNN on COCO, ViT-L from MAE (detectron2 projects/ViTDet mask_rcnn_vitdet_l_100ep.py).
-Expected (ViTDet paper / DESIGN.md): 55.5 AP box / 49.2 AP mask."""
+Expected (ViTDet paper): 55.5 AP box / 49.2 AP mask."""
 
 from functools import partial
 

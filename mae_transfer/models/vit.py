@@ -466,7 +466,7 @@ def _init_module(m: nn.Module):
 
 
 # Architecture presets: (patch, embed_dim, depth, heads). ViT-T/S/B/L/H as in the papers; the "mini"
-# presets are sized for a few CPU minutes on 32x32 Fashion-MNIST (see DESIGN.md, calibration).
+# presets are sized for a few CPU minutes on 32x32 Fashion-MNIST (docs/experiments.md, CPU calibration).
 VIT_PRESETS: dict[str, dict] = {
     "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
