@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, gen_relative_position_index, trunc_normal_
 
 from .pos_embed import get_2d_sincos_pos_embed, resample_abs_pos_embed
 
@@ -118,20 +118,9 @@ def fold_decomposed_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r
 
 def beit_relative_position_index(hw: tuple[int, int], num_prefix: int) -> torch.Tensor:
     """BEiT's index into a ``((2h-1)(2w-1) + 3, heads)`` table; the 3 extra rows are cls->token,
-    token->cls and cls->cls. Returns ``(N, N)`` with ``N = h*w + num_prefix`` (num_prefix 0 or 1)."""
-    h, w = hw
-    coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
-    rel[:, :, 0] += h - 1
-    rel[:, :, 1] += w - 1
-    rel[:, :, 0] *= 2 * w - 1
-    num_dist = (2 * h - 1) * (2 * w - 1) + 3
-    index = torch.zeros((h * w + 1,) * 2, dtype=torch.long)
-    index[1:, 1:] = rel.sum(-1)
-    index[0, :] = num_dist - 3
-    index[:, 0] = num_dist - 2
-    index[0, 0] = num_dist - 1
-    return index if num_prefix else index[1:, 1:]
+    token->cls and cls->cls. Returns ``(N, N)`` with ``N = h*w + num_prefix`` (num_prefix 0 or 1).
+    timm's implementation, the one BEiT uses there."""
+    return gen_relative_position_index(tuple(hw), class_token=bool(num_prefix))
 
 
 def resize_beit_bias_table(table: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> torch.Tensor:
