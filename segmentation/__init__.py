@@ -5,7 +5,7 @@ Importing this package registers, in mmseg's registries:
   returning 4 block outputs as feature maps;
 - ``ViTLayerDecayOptimizerConstructor`` (OPTIM_WRAPPER_CONSTRUCTORS): layer-wise lr decay;
 - ``PerClassIoUMetric`` (METRICS): IoUMetric keeping the per-class IoU for metrics.json;
-- ``CheckSegLabels`` (TRANSFORMS): per-sample label checks (see ``data.py`` for up-front checks);
+- ``CheckSegLabels`` (TRANSFORMS): per-sample label checks (see ``data.py`` for up-front checks).
 The mmseg / mmpretrain ViT key layout (``layers.i.ln1``, ...) is read by the core loader itself
 (:mod:`mae_transfer.checkpoint_keys`).
 The pyramid neck is mmseg's own ``Feature2Pyramid``.
