@@ -19,8 +19,9 @@ import torch
 
 __all__ = ["MAE_DECODER_KEYS", "to_mae_transfer_keys", "to_mmseg_keys"]
 
-# Parameters that exist only in the MAE pretraining model; a downstream encoder drops them.
-MAE_DECODER_KEYS = re.compile(r"^(mask_token|encoder_mask_token)$|^decoder_")
+# Tensors that exist only in the MAE pretraining model (decoder, mask tokens, the PCA target's basis);
+# a downstream encoder drops them.
+MAE_DECODER_KEYS = re.compile(r"^(mask_token|encoder_mask_token|pca_mean|pca_components)$|^decoder_")
 
 
 _LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["mae_reconstruction", "save_reconstruction_figure", "save_loss_curve", "save_sweep_plot"]
+__all__ = ["mae_reconstruction", "save_reconstruction_figure", "save_loss_curve", "save_sweep_plot",
+           "save_ablation_plot", "save_partial_finetune_plot"]
 
 
 def _plt():
@@ -35,17 +36,13 @@ def mae_reconstruction(model, imgs: torch.Tensor, mask_ratio: float = 0.75, nois
     ``masked`` (removed patches zeroed), ``recon`` (every patch predicted) and ``paste`` (prediction
     on masked patches, original on visible ones), plus ``mask`` ``(N, L)`` with 1 = removed.
 
-    With a normalised-pixel target the prediction is per-patch standardised; it is mapped back with
-    each patch's own mean and variance from the original image (as the MAE demo does)."""
+    The prediction is mapped back to pixels by ``model.prediction_to_patches`` (a normalised-pixel
+    target with each patch's own mean and variance, as the MAE demo does; a PCA target with its basis)."""
     was_training = model.training
     model.eval()
     _, pred, mask = model(imgs, mask_ratio=mask_ratio, noise=noise)
     model.train(was_training)
-    pred = pred.float()
-    if getattr(model, "norm_pix_loss", False):
-        target = model.patchify(imgs.float())
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        pred = pred * (var + 1e-6) ** 0.5 + mean
+    pred = model.prediction_to_patches(pred, imgs)
     recon = model.unpatchify(pred)
     m = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, pred.shape[-1]))  # 1 where removed
     imgs = imgs.float()
@@ -118,6 +115,68 @@ def save_sweep_plot(ratios: Sequence[float], series: dict[str, Sequence[float]],
         for r, v in zip(ratios, vals):
             ax.annotate(f"{v:.1f}", (r * 100, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
     ax.set_xlabel("masking ratio (%)")
+    ax.set_ylabel("top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _save(plt, fig, path)
+
+
+def _numeric(labels: Sequence[str]) -> list[float] | None:
+    """The labels as numbers (a trailing default marker ignored), or None if one is not a number."""
+    try:
+        return [float(x.rstrip(" *")) for x in labels]
+    except ValueError:
+        return None
+
+
+def save_ablation_plot(panels: Sequence[dict], path: str | os.PathLike, title: str = "ablations") -> Path:
+    """One subplot per ablation axis (the paper's Table 1 as figures): top-1 (%) of each series (e.g.
+    fine-tune, linear probe) against the axis values; lines for numeric values, bars otherwise.
+
+    panels: dicts with ``title``, ``labels`` (x values as text; the default marked with " *") and
+    ``series`` ``{name: [top-1 or None (failed)]}``."""
+    plt = _plt()
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        xs = _numeric(panel["labels"])
+        pos = list(range(len(panel["labels"])))
+        for i, (name, vals) in enumerate(panel["series"].items()):
+            shift = 0.0 if xs is not None else (i - 0.5) * 0.38  # bars of a series side by side
+            x = [p + shift for p, v in zip(pos, vals) if v is not None]
+            y = [v for v in vals if v is not None]
+            if xs is not None:
+                ax.plot(x, y, "o-", label=name)
+            else:
+                ax.bar(x, y, 0.38, label=name)
+            for px, v in zip(x, y):
+                ax.annotate(f"{v:.1f}", (px, v), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=6)
+        ax.set_xticks(pos, panel["labels"], fontsize=7, rotation=20 if xs is None else 0)
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_ylabel("top-1 (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{title} (* = default)", fontsize=10)
+    return _save(plt, fig, path)
+
+
+def save_partial_finetune_plot(blocks: Sequence[int], series: dict[str, Sequence[float | None]],
+                               path: str | os.PathLike, depth: int, title: str = "partial fine-tuning") -> Path:
+    """Top-1 (%) against the number of fine-tuned blocks, one line per checkpoint, as the paper's
+    Figure 9 (0 = head only, ``depth`` = full fine-tuning). ``None`` values (failed runs) are left out."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, vals in series.items():
+        pts = [(b, v) for b, v in zip(blocks, vals) if v is not None]
+        ax.plot([b for b, _ in pts], [v for _, v in pts], "o-", label=name)
+        for b, v in pts:
+            ax.annotate(f"{v:.1f}", (b, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+    ax.set_xticks(list(blocks), [f"{b}\n(all)" if b == depth else str(b) for b in blocks])
+    ax.set_xlabel("blocks fine-tuned")
     ax.set_ylabel("top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -2,7 +2,7 @@
 
 - ``linprobe``: frozen encoder; features = cls token after the final norm (``linprobe_pool=token``, the
   paper's protocol) or mean of patch tokens; head = ``BatchNorm1d(affine=False, eps=1e-6)`` + linear,
-  as the MAE reference. Without augmentation (``augment=False``) and with ``cache_features`` the frozen
+  as the MAE reference. Without augmentation (``augment=none``) and with ``cache_features`` the frozen
   features are extracted once and the head trains on them (same result, far cheaper on CPU).
 - ``finetune``: the whole encoder, layer-wise lr decay, drop path, timm Mixup/CutMix, label smoothing,
   global average pooling + ``fc_norm`` (the MAE fine-tuning default).
@@ -142,7 +142,7 @@ class ClassifyTask:
         self.mean, self.std = norm_stats(cfg, train)
         self.eval_tf = make_transform(cfg, self.mean, self.std, train=False)
         self.val = seeded(val, self.eval_tf, cfg["seed"])
-        self.cached = mode == "linprobe" and cfg["cache_features"] and not cfg["augment"]
+        self.cached = mode == "linprobe" and cfg["cache_features"] and cfg["augment"] == "none"
         if self.cached:
             self.train_set = _Features(*self._extract(seeded(train, self.eval_tf, cfg["seed"]), "train"))
             self.val_feats = self._extract(self.val, "val")

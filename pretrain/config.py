@@ -17,7 +17,7 @@ from typing import Any
 
 from mae_transfer.common import ConfigError
 
-__all__ = ["ConfigError", "FIELDS", "MODES", "DEFAULT_CONFIG", "load_config", "parse_overrides", "resolve"]
+__all__ = ["ConfigError", "FIELDS", "CHOICES", "MODES", "DEFAULT_CONFIG", "load_config", "parse_overrides", "resolve"]
 
 MODES = ("pretrain", "linprobe", "finetune", "partial", "supervised", "sweep")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
@@ -44,7 +44,7 @@ FIELDS: dict[str, tuple[Any, type, str]] = {
     "std": (None, float, "per-channel normalisation std (None: the dataset's own)"),
     "crop_scale": ((0.2, 1.0), float, "RandomResizedCrop scale range for training (MAE: 0.2-1)"),
     "hflip": (True, bool, "random horizontal flip for training"),
-    "augment": (True, bool, "train-time augmentation (RandomResizedCrop + flip); off: eval transform"),
+    "augment": ("crop_rand", str, "train-time augmentation (Table 1e): none (eval transform) | crop_fixed (fixed-size random crop + flip) | crop_rand (RandomResizedCrop + flip) | crop_rand_jitter (+ colour jitter); true/false: crop_rand/none"),
     "auto_augment": (None, str, "timm RandAugment spec for fine-tuning ImageFolders, e.g. rand-m9-mstd0.5-inc1"),
     "reprob": (0.0, float, "timm random-erasing probability (fine-tuning ImageFolders)"),
     "eval_crop_pct": (1.0, float, "eval: resize to img_size / eval_crop_pct, centre crop img_size (ImageNet 224/256)"),
@@ -67,7 +67,11 @@ FIELDS: dict[str, tuple[Any, type, str]] = {
     "clip_grad": (None, float, "clip the global grad norm to this (None: no clipping)"),
     # --- MAE ---
     "mask_ratio": (0.75, float, "fraction of patches removed"),
-    "norm_pix_loss": (True, bool, "regress per-patch normalised pixels"),
+    "norm_pix_loss": (True, bool, "regress per-patch normalised pixels (the older spelling of target: used when target is None)"),
+    "target": (None, str, "MAE regression target (Table 1d): pixel | norm_pix | pca (None: norm_pix if norm_pix_loss else pixel)"),
+    "pca_dim": (None, int, "target=pca: PCA coefficients per patch, fitted on training patches (None: patch_dim // 8, the paper's 96 of 768)"),
+    "mask_sampling": ("random", str, "which patches are masked (Table 1f): random | block (BEiT block-wise) | grid (keep one of every 2x2; mask_ratio 0.75)"),
+    "mask_token_in_encoder": (False, bool, "MAE: mask tokens enter the encoder with the visible patches (Table 1c 'encoder w/ [M]')"),
     "recon_images": (8, int, "held-out images in the reconstruction figure"),
     # --- classification ---
     "num_classes": (None, int, "classes (None: from the dataset)"),
@@ -93,12 +97,37 @@ FIELDS: dict[str, tuple[Any, type, str]] = {
     "progress": (True, bool, "show a tqdm progress bar"),
 }
 _TUPLE_FIELDS = {k for k, (d, _, _) in FIELDS.items() if isinstance(d, tuple)} | {"mean", "std"}
+# Fields with a closed set of values (None stays allowed where it is the default).
+CHOICES = {"augment": ("none", "crop_fixed", "crop_rand", "crop_rand_jitter"), "target": ("pixel", "norm_pix", "pca"),
+           "mask_sampling": ("random", "block", "grid")}
+# augment was a bool before Table 1e's variants: True meant RandomResizedCrop + flip, False the eval transform.
+_LEGACY_BOOL = {"augment": ("crop_rand", "none")}
+
+
+def _legacy(key: str, value):
+    """A bool (or its spelling) for a field that used to be one -> its value today; anything else as is."""
+    if key in _LEGACY_BOOL:
+        on, off = _LEGACY_BOOL[key]
+        low = value.lower() if isinstance(value, str) else value
+        if low is True or low in ("true", "yes", "on", "1"):
+            return on
+        if low is False or low in ("false", "no", "off", "0"):
+            return off
+    return value
+
+
+def _check_choice(key: str, value, origin: str):
+    if key in CHOICES and value is not None and value not in CHOICES[key]:
+        raise ConfigError(f"{origin}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    return value
 
 
 def _parse_value(key: str, text: str, origin: str):
     typ = FIELDS[key][1]
     if text.lower() in ("none", "null"):
         return None
+    if key in CHOICES:
+        return _check_choice(key, _legacy(key, text), origin)
     try:
         if key in _TUPLE_FIELDS:
             items = ast.literal_eval(text) if text[:1] in "([" else [s for s in text.split(",") if s.strip()]
@@ -124,6 +153,7 @@ def _check_value(key: str, value, origin: str):
         raise ConfigError(f"{origin}: unknown config key {key!r}")
     if value is None:
         return None
+    value = _legacy(key, value)
     typ = FIELDS[key][1]
     if key in _TUPLE_FIELDS:
         if not isinstance(value, (list, tuple)):
@@ -136,7 +166,7 @@ def _check_value(key: str, value, origin: str):
         return float(value)
     if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise ConfigError(f"{origin}: {key} must be {typ.__name__}, got {type(value).__name__} {value!r}")
-    return value
+    return _check_choice(key, value, origin)
 
 
 def load_config(path: str | Path, _seen: tuple = ()) -> dict:

@@ -7,6 +7,8 @@ import logging
 from mae_transfer.data.datasets import DataError, SeededDataset, Subset, open_dataset
 from mae_transfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
+from .config import ConfigError
+
 logger = logging.getLogger("pretrain")
 
 
@@ -30,13 +32,17 @@ def norm_stats(cfg: dict, base) -> tuple[tuple, tuple]:
 
 
 def make_transform(cfg: dict, mean, std, train: bool, finetune: bool = False):
-    """Training transform if ``train`` and ``cfg['augment']`` (RandAugment / erasing only when fine-tuning),
-    else the evaluation transform."""
-    if train and cfg["augment"]:
-        return train_transform(cfg["img_size"], mean, std, cfg["crop_scale"], cfg["hflip"],
-                               cfg["auto_augment"] if finetune else None, cfg["reprob"] if finetune else 0.0)
-    return eval_transform(cfg["img_size"], mean, std, cfg["eval_crop_pct"])
+    """Training transform of ``cfg['augment']`` if ``train`` and it is not ``none`` (RandAugment / erasing
+    only when fine-tuning), else the evaluation transform."""
+    if not (train and cfg["augment"] != "none"):
+        return eval_transform(cfg["img_size"], mean, std, cfg["eval_crop_pct"])
+    auto_augment, reprob = (cfg["auto_augment"], cfg["reprob"]) if finetune else (None, 0.0)
+    if (auto_augment or reprob > 0) and cfg["augment"] != "crop_rand":
+        raise ConfigError(f"augment={cfg['augment']} cannot be combined with auto_augment={auto_augment!r} / "
+                          f"reprob={reprob} (timm's transform crops at random sizes): use augment=crop_rand")
+    return train_transform(cfg["img_size"], mean, std, cfg["crop_scale"], cfg["hflip"], auto_augment, reprob,
+                           cfg["augment"])
 
 
-def seeded(base, transform, seed: int, noise_len: int = 0) -> SeededDataset:
-    return SeededDataset(base, transform, seed, noise_len)
+def seeded(base, transform, seed: int, noise_len: int = 0, noise_fn=None) -> SeededDataset:
+    return SeededDataset(base, transform, seed, noise_len, noise_fn)

@@ -8,7 +8,10 @@ a checkpoint, a loss curve and a reconstruction figure (see configs/pretrain/min
   python pretrain/run.py --mode finetune --weights mae_pretrain_vit_base.pth --config configs/pretrain/imagenet_vit_base.py --data /imagenet
   python pretrain/run.py --mode partial --blocks 2 --weights CKPT
   python pretrain/run.py --mode supervised
-  python pretrain/run.py --mode sweep ratios=0.25,0.5,0.75,0.9
+  python pretrain/run.py --mode sweep ratios=0.25,0.5,0.75,0.9                 # Fig. 5
+  python pretrain/run.py --mode sweep decoder_depth=1,2,4 target=pixel,norm_pix  # any fields: a grid
+  python pretrain/run.py --mode sweep table1                                   # Table 1's six axes
+  python pretrain/run.py --mode sweep blocks=0,1,2,4,all --weights mae=CKPT --weights supervised=CKPT  # Fig. 9
   torchrun --nproc_per_node 8 pretrain/run.py --config configs/pretrain/imagenet_vit_large.py --data /imagenet
 
 Every config field can be overridden as ``key=value`` (``finetune.epochs=3`` for one mode's section);
@@ -20,7 +23,6 @@ tensorboard/, and loss.png + reconstruction.png (pretraining) or top-1 in metric
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
 import time
@@ -34,7 +36,9 @@ if __package__ in (None, ""):  # run as a script: import the repository's folder
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
 from mae_transfer.common import write_json  # noqa: E402
 from mae_transfer.data.datasets import DataError  # noqa: E402
+from . import sweep  # noqa: E402
 from .config import DEFAULT_CONFIG, FIELDS, MODES, ConfigError, load_config, parse_overrides, resolve  # noqa: E402
+from .sweep import split_args  # noqa: E402
 
 logger = logging.getLogger("pretrain")
 
@@ -47,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default output/pretrain/<mode>-<time>)")
     p.add_argument("--seed", type=int)
     p.add_argument("--data", help="Fashion-MNIST IDX folder or ImageFolder (default: built-in Fashion-MNIST)")
-    p.add_argument("--weights", help="linprobe/finetune/partial: checkpoint (ours, official MAE, timm/DeiT) or 'none'")
+    p.add_argument("--weights", action="append", metavar="CKPT",
+                   help="linprobe/finetune/partial: checkpoint (ours, official MAE, timm/DeiT) or 'none'; "
+                        "sweep blocks=...: NAME=CKPT, repeated for each checkpoint")
     p.add_argument("--blocks", type=int, help="partial: fine-tune the last K blocks")
     p.add_argument("--resume", help="auto (default: latest checkpoint in --out) | none | checkpoint path")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
@@ -126,39 +132,6 @@ def run_mode(cfg: dict, env) -> dict:
     return metrics
 
 
-def run_sweep(file_cfg: dict, flags: dict, overrides: dict, env) -> dict:
-    """Pretrain at each ratio in ``ratios``, then linear-probe and fine-tune each; CSV + PNG in ``out``."""
-    from mae_transfer.viz import save_sweep_plot
-
-    base = resolve(file_cfg, "sweep", flags, overrides)
-    out = Path(base["out"])
-    rows = []
-    for ratio in base["ratios"]:
-        sub = out / f"mask{ratio:.2f}"
-        pre = resolve(file_cfg, "pretrain", {**flags, "out": str(sub / "pretrain")},
-                      {**overrides, "mask_ratio": ratio})
-        pm = run_mode(pre, env)
-        row = {"mask_ratio": ratio, "pretrain_loss": pm["final_loss"], "pretrain_wall_s": pm["wall_s"]}
-        for mode in ("linprobe", "finetune"):
-            c = resolve(file_cfg, mode, {**flags, "out": str(sub / mode), "weights": pm["checkpoint"]}, overrides)
-            m = run_mode(c, env)
-            row[f"{mode}_top1"], row[f"{mode}_wall_s"] = m["top1"], m["wall_s"]
-        rows.append(row)
-        if env.is_main:  # rewrite after every ratio so a partial sweep is still readable
-            with open(out / "sweep.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-    if env.is_main:
-        save_sweep_plot([r["mask_ratio"] for r in rows],
-                        {"fine-tune": [r["finetune_top1"] for r in rows],
-                         "linear probe": [r["linprobe_top1"] for r in rows]},
-                        out / "sweep.png", title=f"masking ratio sweep ({base['model']}, seed {base['seed']})")
-        write_json({"mode": "sweep", "rows": rows}, out / "metrics.json")
-        print(f"sweep: wrote {out / 'sweep.csv'} and {out / 'sweep.png'}", flush=True)
-    return {"rows": rows}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_intermixed_args(argv)
     if args.help_config:
@@ -169,9 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import TrainingDiverged
     try:
         file_cfg = load_config(args.config or DEFAULT_CONFIG)
-        overrides = parse_overrides(args.overrides)
+        sweeping = "sweep" in (args.mode, file_cfg.get("mode")) or "mode=sweep" in args.overrides
+        # a sweep's axes (field=v1,v2 / table1) are not plain overrides: pretrain/sweep.py reads them
+        overrides = parse_overrides(split_args(args.overrides)[1] if sweeping else args.overrides)
         mode = args.mode or overrides.pop("mode", None) or file_cfg.get("mode") or "pretrain"
-        flags = {k: v for k, v in dict(seed=args.seed, out=args.out, data=args.data, weights=args.weights,
+        weights = args.weights or []
+        if len(weights) > 1 and mode != "sweep":
+            raise ConfigError(f"--weights given {len(weights)} times: only --mode sweep blocks=... takes several")
+        flags = {k: v for k, v in dict(seed=args.seed, out=args.out, data=args.data,
+                                       weights=weights[0] if weights and mode != "sweep" else None,
                                        blocks=args.blocks, resume=args.resume, precision=args.precision,
                                        device=args.device).items() if v is not None}
         env = init_distributed(flags.get("device", overrides.get("device", file_cfg.get("device", "auto"))))
@@ -180,10 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             flags["out"] = all_gather_objects(f"output/pretrain/{mode}-{time.strftime('%Y%m%d-%H%M%S')}")[0]
         _setup_logging(None, env.is_main)
         if mode == "sweep":
-            Path(resolve(file_cfg, "sweep", flags, overrides)["out"]).mkdir(parents=True, exist_ok=True)
-            run_sweep(file_cfg, flags, overrides, env)
-        else:
-            run_mode(resolve(file_cfg, mode, flags, overrides), env)
+            return sweep.run(file_cfg, flags, [i for i in args.overrides if i != "mode=sweep"], weights, env)
+        run_mode(resolve(file_cfg, mode, flags, overrides), env)
     except (ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
         msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"error: {msg}", file=sys.stderr, flush=True)

@@ -174,3 +174,16 @@ def test_photos_render_once_and_load_from_cache(tmp_path, monkeypatch):
     cached.write_bytes(b"garbage")
     with pytest.raises(DataError, match="test.npz"):
         FashionMNISTPhotos("test", src)
+
+
+def test_table1e_augmentations_are_seeded_and_distinct():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36, 3), dtype=np.uint8))
+    out = {}
+    for aug in ("crop_fixed", "crop_rand", "crop_rand_jitter"):
+        tf = train_transform(32, (0.5,) * 3, (0.25,) * 3, augment=aug)
+        a, b = tf(img, random.Random(7)), tf(img, random.Random(7))
+        assert a.shape == (3, 32, 32) and torch.equal(a, b)  # a function of the sample's seed
+        out[aug] = a
+    assert not torch.equal(out["crop_rand"], out["crop_rand_jitter"])  # same crop, then jitter
+    with pytest.raises(ValueError, match="random-size crops"):
+        train_transform(32, (0.5,) * 3, (0.25,) * 3, auto_augment="rand-m9-mstd0.5-inc1", augment="crop_fixed")

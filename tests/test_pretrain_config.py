@@ -86,3 +86,20 @@ def test_imagenet_transfer_recipes():
     lp = _recipe("base", "linprobe")
     assert (lp["optimizer"], lp["blr"], lp["weight_decay"], lp["epochs"], lp["eff_batch"]) == ("lars", 0.1, 0.0, 90, 16384)
     assert _recipe("large", "partial")["blocks"] == 1 and _recipe("large", "partial")["layer_decay"] == 0.75
+
+
+def test_choice_fields_and_the_older_augment_bools(tmp_path):
+    assert parse_overrides(["augment=false"])["augment"] == "none"
+    assert parse_overrides(["augment=true"])["augment"] == "crop_rand"
+    o = parse_overrides(["augment=crop_rand_jitter", "target=pca", "mask_sampling=grid", "mask_token_in_encoder=1"])
+    assert (o["augment"], o["target"], o["mask_sampling"], o["mask_token_in_encoder"]) == ("crop_rand_jitter", "pca",
+                                                                                           "grid", True)
+    f = tmp_path / "c.py"
+    f.write_text("augment = True\nlinprobe = dict(augment=False)\n")
+    cfg = load_config(f)
+    assert cfg["augment"] == "crop_rand" and cfg["linprobe"]["augment"] == "none"
+    with pytest.raises(ConfigError, match="mask_sampling must be one of random, block, grid, got 'blocks'"):
+        parse_overrides(["mask_sampling=blocks"])
+    f.write_text("target = 'pixels'\n")
+    with pytest.raises(ConfigError, match="c.py: target must be one of pixel, norm_pix, pca"):
+        load_config(f)

@@ -37,8 +37,8 @@ FASHION_MNIST_MEAN = (0.2190,) * 3
 FASHION_MNIST_STD = (0.3318,) * 3
 PHOTOS = "fashion-mnist-photos"  # the --data name of FashionMNISTPhotos
 # RGB statistics of the 60k rendered training photos (measured once; the scenes have the same renderer).
-PHOTOS_MEAN = (0.480,) * 3
-PHOTOS_STD = (0.246,) * 3
+PHOTOS_MEAN = (0.453,) * 3
+PHOTOS_STD = (0.278,) * 3
 
 
 def is_fashion_mnist_dir(path: str | os.PathLike) -> bool:
@@ -97,9 +97,9 @@ class FashionMNISTPhotos(Dataset):
     size = 32
 
     def __init__(self, split: str = "train", root: str | os.PathLike | None = None, seed: int = 0):
-        from .scenes import data_dir, render_photos
+        from .scenes import RENDER_VERSION, data_dir, render_photos
 
-        name = f"{PHOTOS}-{self.size}px-seed{seed}"
+        name = f"{PHOTOS}-{self.size}px-seed{seed}-v{RENDER_VERSION}"
         if root is not None and Path(root).resolve() != FASHION_ROOT.resolve():  # other source images
             name += "-" + hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
         cache = data_dir() / name / f"{split}.npz"
@@ -226,12 +226,16 @@ class SeededDataset(Dataset):
         seed: run seed.
         noise_len: if > 0, also return ``noise`` ``(noise_len,)`` uniform [0, 1) from the same seed: the MAE
             masking noise, so a sample's mask does not depend on the process that drew it.
+        noise_fn: draws ``noise`` instead, ``(np.random.Generator) -> (noise_len,)`` from the same seed
+            (block / grid masks, see ``mae_transfer.models.masking.mask_noise``).
     Items: dict with ``img`` (C, H, W), ``label`` (), ``index`` (), ``skipped`` () and maybe ``noise``.
     Call :meth:`set_epoch` before building each epoch's loader iterator.
     """
 
-    def __init__(self, base, transform: Callable, seed: int = 0, noise_len: int = 0):
+    def __init__(self, base, transform: Callable, seed: int = 0, noise_len: int = 0,
+                 noise_fn: Callable[[np.random.Generator], np.ndarray] | None = None):
         self.base, self.transform, self.seed, self.noise_len = base, transform, seed, noise_len
+        self.noise_fn = noise_fn
         self.epoch = 0
 
     def set_epoch(self, epoch: int):
@@ -246,7 +250,11 @@ class SeededDataset(Dataset):
         item = {"img": self.transform(img, random.Random(s)), "label": torch.tensor(label),
                 "index": torch.tensor(i), "skipped": torch.tensor(skipped)}
         if self.noise_len:
-            item["noise"] = torch.from_numpy(np.random.default_rng(s).random(self.noise_len, dtype=np.float32))
+            rng = np.random.default_rng(s)
+            noise = self.noise_fn(rng) if self.noise_fn else rng.random(self.noise_len, dtype=np.float32)
+            if noise.shape != (self.noise_len,):
+                raise ValueError(f"noise_fn returned shape {noise.shape}, expected ({self.noise_len},)")
+            item["noise"] = torch.from_numpy(noise)
         return item
 
 

@@ -31,6 +31,7 @@ from .fashion_mnist import CLASSES, load_fashion_mnist
 
 SPLITS = {"training": "train", "validation": "test"}  # scene split -> Fashion-MNIST split
 NUM_ITEMS, ITEM_SIZE = (2, 6), (20, 64)  # default items per scene and item side in px (128 px scenes)
+RENDER_VERSION = 2  # bumped whenever the renderer changes, so cached scenes and photos are re-rendered
 
 
 def data_dir() -> Path:
@@ -41,7 +42,7 @@ def data_dir() -> Path:
 def _params(num_train, num_val, image_size, seed, num_items, item_size) -> dict:
     """The generation parameters as ``scenes.json`` records them (what makes two sets the same)."""
     return dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                num_items=list(num_items), item_size=list(item_size), version=1)
+                num_items=list(num_items), item_size=list(item_size), version=RENDER_VERSION)
 
 
 def silhouette(item: np.ndarray, threshold: int = 5) -> np.ndarray:
@@ -72,19 +73,24 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth two-colour gradient with low-frequency colour blobs and fine noise, (size, size, 3) float."""
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, bool]:
+    """A calm two-colour gradient with faint colour blobs and fine noise, (size, size, 3) float, either
+    dark or light (returned as ``light``) so that the items can be tinted to stand out against it. Real
+    photos of products have uncluttered backgrounds; loud ones (blobs of +-60 over any colour) made the
+    10-way item classes hard to learn within a CPU budget, for every initialisation alike."""
+    light = bool(rng.random() < 0.5)
+    c0 = rng.uniform(150, 240, 3) if light else rng.uniform(10, 100, 3)
+    c1 = np.clip(c0 + rng.uniform(-40, 40, 3), 0, 255)
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
     t = (np.cos(angle) * xx + np.sin(angle) * yy)
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     bg = c0 * (1 - t[..., None]) + c1 * t[..., None]
     cells = int(rng.integers(2, 7))
-    blobs = rng.uniform(-60, 60, (cells, cells, 3)).astype(np.float32)
+    blobs = rng.uniform(-15, 15, (cells, cells, 3)).astype(np.float32)
     blobs = np.stack([np.asarray(Image.fromarray(blobs[..., c]).resize((size, size), Image.BICUBIC))
                       for c in range(3)], axis=-1)
-    return np.clip(bg + blobs + rng.normal(0, rng.uniform(0, 8), (size, size, 3)), 0, 255)
+    return np.clip(bg + blobs + rng.normal(0, rng.uniform(0, 4), (size, size, 3)), 0, 255), light
 
 
 def render_scene(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray, size: int = 128,
@@ -92,7 +98,7 @@ def render_scene(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray
                  min_visible: float = 0.4, tries: int = 10):
     """Compose one scene. Returns image (size, size, 3) uint8, semantic map (size, size) uint8 and a list
     of instances ``(class_id 0..9, visible mask (size, size) bool)``."""
-    img = _background(rng, size)
+    img, light = _background(rng, size)
     owner = np.full((size, size), -1, dtype=np.int32)  # which placed item each pixel shows
     full_area, classes = [], []
     for _ in range(int(rng.integers(num_items[0], num_items[1] + 1))):
@@ -112,9 +118,10 @@ def render_scene(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray
                 break
         else:
             continue
-        tint = rng.uniform(70, 255, 3)
+        # items in a contrasting tint: darker colours on a light background, bright ones on a dark one
+        tint = rng.uniform(40, 160, 3) if light else rng.uniform(160, 255, 3)
         patch = img[y:y + s, x:x + s]
-        patch[sil] = (grey[sil, None] / 255.0) * tint * rng.uniform(0.8, 1.2) + rng.uniform(0, 40)
+        patch[sil] = (grey[sil, None] / 255.0) * tint * rng.uniform(0.85, 1.15) + rng.uniform(0, 20)
         owner[y:y + s, x:x + s][sil] = len(full_area)
         full_area.append(int(sil.sum()))
         classes.append(int(labels[k]))

@@ -3,7 +3,10 @@
 
 - pretraining / linear probing: RandomResizedCrop(img_size, scale, ratio 3/4-4/3, bicubic) + horizontal
   flip, the same sampling rule as torchvision's, drawn from the given ``rng`` (no global RNG state, so a
-  sample's view depends only on its seed, and it is cheap: one PIL resize with a crop box);
+  sample's view depends only on its seed, and it is cheap: one PIL resize with a crop box); the MAE
+  paper's Table 1e variants: ``none`` (the evaluation transform), ``crop_fixed`` (resize to
+  img_size / 0.875, random img_size crop + flip), ``crop_rand`` (the default above) and
+  ``crop_rand_jitter`` (+ colour jitter);
 - fine-tuning with RandAugment / random erasing: timm's ``create_transform`` with the MAE reference's
   arguments, run with the global RNGs seeded from ``rng`` and restored afterwards;
 - evaluation: resize the short side to ``img_size / crop_pct`` (bicubic), centre crop ``img_size``.
@@ -17,19 +20,35 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transform", "eval_transform", "RandomResizedCropFlip",
-           "EvalTransform", "to_tensor"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AUGMENTS", "train_transform", "eval_transform",
+           "RandomResizedCropFlip", "RandomCropFlip", "EvalTransform", "color_jitter", "to_tensor"]
+
+# The MAE paper's Table 1e rows: none | crop, fixed size | crop, rand size | crop + color jit.
+AUGMENTS = ("none", "crop_fixed", "crop_rand", "crop_rand_jitter")
+# crop_rand_jitter: brightness, contrast and saturation factors in [1 - s, 1 + s], the strength of the
+# contrastive recipes' colour jitter (hue is left out: it costs an HSV round trip per image).
+JITTER = 0.4
 
 
 def to_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """PIL RGB -> normalised float tensor (3, H, W)."""
     x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
     return x.sub_(mean).div_(std)
+
+
+def color_jitter(img: Image.Image, rng: random.Random, strength: float = JITTER) -> Image.Image:
+    """Brightness, contrast and saturation, each by a factor uniform in [1 - strength, 1 + strength],
+    in an order drawn from ``rng``."""
+    ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
+    rng.shuffle(ops)
+    for op in ops:
+        img = op(img).enhance(rng.uniform(1 - strength, 1 + strength))
+    return img
 
 
 class RandomResizedCropFlip:
@@ -42,11 +61,13 @@ class RandomResizedCropFlip:
         ratio: aspect-ratio range.
         hflip: flip with probability 1/2.
         mean, std: normalisation.
+        jitter: colour-jitter strength after the crop (0: none), see :func:`color_jitter`.
     """
 
     def __init__(self, size: int, scale: Sequence[float] = (0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip: bool = True,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, jitter: float = 0.0):
         self.size, self.scale, self.ratio, self.hflip = size, tuple(scale), tuple(ratio), hflip
+        self.jitter = jitter
         self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
 
     def params(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
@@ -71,6 +92,34 @@ class RandomResizedCropFlip:
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         left, top, w, h = self.params(img.width, img.height, rng)
         img = img.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + w, top + h))
+        if self.hflip and rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.jitter:
+            img = color_jitter(img, rng, self.jitter)
+        return to_tensor(img, self.mean, self.std)
+
+
+class RandomCropFlip:
+    """Crop of a fixed size at a random place (the paper's "crop, fixed size"): resize the short side to
+    ``size / crop_pct`` (bicubic; 256 for 224 at the default 0.875), crop ``size`` x ``size``, flip.
+
+    Args:
+        size: output side.
+        crop_pct: output side / resized short side.
+        hflip: flip with probability 1/2.
+        mean, std: normalisation.
+    """
+
+    def __init__(self, size: int, crop_pct: float = 0.875, hflip: bool = True,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        self.size, self.resize, self.hflip = size, int(round(size / crop_pct)), hflip
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+
+    def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        s = self.resize / min(img.size)
+        img = img.resize((max(self.size, round(img.width * s)), max(self.size, round(img.height * s))), Image.BICUBIC)
+        left, top = rng.randint(0, img.width - self.size), rng.randint(0, img.height - self.size)
+        img = img.crop((left, top, left + self.size, top + self.size))
         if self.hflip and rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return to_tensor(img, self.mean, self.std)
@@ -119,16 +168,25 @@ class _GlobalSeeded:
 
 def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float],
                     crop_scale: Sequence[float] = (0.2, 1.0), hflip: bool = True,
-                    auto_augment: str | None = None, reprob: float = 0.0):
-    """Training transform ``(img, rng) -> tensor``. ``auto_augment`` (e.g. ``"rand-m9-mstd0.5-inc1"``) or
-    ``reprob > 0`` switch to timm's ``create_transform`` as the MAE fine-tuning code calls it."""
+                    auto_augment: str | None = None, reprob: float = 0.0, augment: str = "crop_rand"):
+    """Training transform ``(img, rng) -> tensor``. ``augment``: one of :data:`AUGMENTS` other than
+    ``none`` (that is the evaluation transform). ``auto_augment`` (e.g. ``"rand-m9-mstd0.5-inc1"``) or
+    ``reprob > 0`` switch to timm's ``create_transform`` as the MAE fine-tuning code calls it (random-size
+    crops only)."""
+    if augment not in AUGMENTS[1:]:
+        raise ValueError(f"train_transform: augment must be one of {', '.join(AUGMENTS[1:])}, got {augment!r}")
+    if (auto_augment or reprob > 0) and augment != "crop_rand":
+        raise ValueError(f"train_transform: auto_augment / reprob use random-size crops, not augment={augment!r}")
+    if augment == "crop_fixed":
+        return RandomCropFlip(img_size, hflip=hflip, mean=mean, std=std)
     if auto_augment or reprob > 0:
         from timm.data import create_transform
         return _GlobalSeeded(create_transform(
             input_size=img_size, is_training=True, scale=tuple(crop_scale), hflip=0.5 if hflip else 0.0,
             color_jitter=None, auto_augment=auto_augment, interpolation="bicubic", re_prob=reprob,
             re_mode="pixel", re_count=1, mean=tuple(mean), std=tuple(std)))
-    return RandomResizedCropFlip(img_size, crop_scale, hflip=hflip, mean=mean, std=std)
+    return RandomResizedCropFlip(img_size, crop_scale, hflip=hflip, mean=mean, std=std,
+                                 jitter=JITTER if augment == "crop_rand_jitter" else 0.0)
 
 
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float = 1.0):

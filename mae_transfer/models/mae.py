@@ -16,7 +16,29 @@ import torch.nn as nn
 from .pos_embed import get_2d_sincos_pos_embed
 from .vit import VIT_PRESETS, Block, VisionTransformer, _init_module
 
-__all__ = ["MaskedAutoencoderViT", "MAE_PRESETS", "mae_from_preset"]
+__all__ = ["MaskedAutoencoderViT", "MAE_PRESETS", "TARGETS", "mae_from_preset", "fit_patch_pca"]
+
+TARGETS = ("pixel", "norm_pix", "pca")
+
+
+def fit_patch_pca(chunks, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PCA of patch vectors, accumulated chunk by chunk (float64 sums, so memory stays one chunk).
+
+    chunks: iterable of (M_i, D) tensors. Returns mean (D,) and components (k, D): the top-k
+    eigenvectors of the covariance, largest first, each signed so that its largest-magnitude entry is
+    positive (a deterministic basis)."""
+    n, total, outer = 0, 0.0, 0.0
+    for x in chunks:
+        x = x.double()
+        n, total, outer = n + len(x), total + x.sum(0), outer + x.T @ x
+    if n < 2:
+        raise ValueError("fit_patch_pca: needs at least 2 patches")
+    mean = total / n
+    cov = (outer - n * torch.outer(mean, mean)) / (n - 1)
+    _, vecs = torch.linalg.eigh(cov)                      # ascending eigenvalues
+    comps = vecs[:, -k:].flip(1).T                        # (k, D), largest first
+    sign = comps.gather(1, comps.abs().argmax(1, keepdim=True)).sign()
+    return mean.float(), (comps * sign).float()
 
 
 class MaskedAutoencoderViT(VisionTransformer):
@@ -26,21 +48,26 @@ class MaskedAutoencoderViT(VisionTransformer):
         img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio: the encoder
             (see :class:`VisionTransformer`); the encoder uses a cls token and fixed sin-cos positions.
         decoder_embed_dim, decoder_depth, decoder_num_heads: the decoder (512-d x 8 blocks in the paper).
-        norm_pix_loss: regress per-patch normalised pixels (mean 0, var 1 per patch) instead of raw ones.
+        norm_pix_loss: regress per-patch normalised pixels (mean 0, var 1 per patch) instead of raw ones;
+            the older spelling of ``target="norm_pix"``, used when ``target`` is None.
         encoder_mask_tokens: put mask tokens into the *encoder* instead of the decoder (the paper's
-            Table 2 baseline "w/ [M]" in the encoder); for speed comparisons only.
+            Table 1c / Table 2 baseline "encoder w/ [M]").
+        target: what the decoder regresses (Table 1d): ``pixel``, ``norm_pix`` or ``pca`` (the first
+            ``pca_dim`` PCA coefficients of each patch; set the basis with :meth:`set_pca` before training).
+        pca_dim: coefficients per patch for ``target="pca"`` (None: patch_dim // 8, the paper's 96 of 768).
     """
 
     def __init__(self, img_size=224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
                  depth: int = 24, num_heads: int = 16, mlp_ratio: float = 4.0, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, norm_pix_loss: bool = False,
-                 encoder_mask_tokens: bool = False, norm_layer=partial(nn.LayerNorm, eps=1e-6)):
+                 encoder_mask_tokens: bool = False, target: str | None = None, pca_dim: int | None = None,
+                 norm_layer=partial(nn.LayerNorm, eps=1e-6)):
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=True,
                          pos_embed="sincos", global_pool="", num_classes=0, norm_layer=norm_layer)
         del self.head, self.fc_norm, self.head_drop  # not part of the pretraining model
         self.in_chans = in_chans
-        self.norm_pix_loss = norm_pix_loss
+        out_dim = self._init_target(target, norm_pix_loss, pca_dim, patch_size ** 2 * in_chans)
         self.encoder_mask_tokens = encoder_mask_tokens
         num_patches = self.grid_size[0] * self.grid_size[1]
         if encoder_mask_tokens:
@@ -55,7 +82,7 @@ class MaskedAutoencoderViT(VisionTransformer):
                   num_prefix_tokens=1)
             for _ in range(decoder_depth)])
         self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size ** 2 * in_chans, bias=True)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, out_dim, bias=True)
 
         self.decoder_pos_embed.data.copy_(
             get_2d_sincos_pos_embed(decoder_embed_dim, self.grid_size, cls_token=True).unsqueeze(0))
@@ -64,6 +91,24 @@ class MaskedAutoencoderViT(VisionTransformer):
             nn.init.normal_(self.encoder_mask_token, std=0.02)
         for m in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
             m.apply(_init_module)
+
+    def _init_target(self, target: str | None, norm_pix_loss: bool, pca_dim: int | None, patch_dim: int) -> int:
+        """Set ``self.target`` (and the PCA buffers); returns the decoder's output size per patch."""
+        target = target or ("norm_pix" if norm_pix_loss else "pixel")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        if norm_pix_loss and target != "norm_pix":
+            raise ValueError(f"norm_pix_loss=True contradicts target={target!r}")
+        self.target, self.norm_pix_loss = target, target == "norm_pix"
+        if target != "pca":
+            return patch_dim
+        k = pca_dim or max(1, patch_dim // 8)
+        if not 0 < k <= patch_dim:
+            raise ValueError(f"pca_dim must be in 1..{patch_dim} (the patch dimension), got {k}")
+        # the basis is data: fitted on training patches, kept in the state dict (so in the checkpoint)
+        self.register_buffer("pca_mean", torch.zeros(patch_dim))
+        self.register_buffer("pca_components", torch.zeros(k, patch_dim))
+        return k
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -132,7 +177,7 @@ class MaskedAutoencoderViT(VisionTransformer):
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """latent (N, 1 + len_keep, D) -> per-patch predictions (N, L, p*p*C)."""
+        """latent (N, 1 + len_keep, D) -> per-patch predictions (N, L, out_dim)."""
         x = self.decoder_embed(x)
         if not self.encoder_mask_tokens:
             n_mask = ids_restore.shape[1] + 1 - x.shape[1]
@@ -145,18 +190,46 @@ class MaskedAutoencoderViT(VisionTransformer):
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:]
 
+    # ---- targets ----------------------------------------------------------------------------------
+    def set_pca(self, mean: torch.Tensor, components: torch.Tensor):
+        """Set the ``target="pca"`` basis: mean (D,), components (k, D) from :func:`fit_patch_pca`."""
+        if self.target != "pca":
+            raise ValueError(f"set_pca: the model's target is {self.target!r}, not 'pca'")
+        self.pca_mean.copy_(mean)
+        self.pca_components.copy_(components)
+
+    def target_of(self, imgs: torch.Tensor) -> torch.Tensor:
+        """The regression target: imgs (N, C, H, W) -> (N, L, p*p*C), or (N, L, pca_dim) for ``pca``."""
+        x = self.patchify(imgs)
+        if self.target == "norm_pix":
+            mean = x.mean(dim=-1, keepdim=True)
+            var = x.var(dim=-1, keepdim=True)
+            return (x - mean) / (var + 1.0e-6) ** 0.5
+        if self.target == "pca":
+            return (x.float() - self.pca_mean) @ self.pca_components.T
+        return x
+
+    def prediction_to_patches(self, pred: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:
+        """Predictions back in pixel space, (N, L, p*p*C): ``norm_pix`` is undone with each patch's own
+        mean and variance from ``imgs`` (as the MAE demo does), ``pca`` with the basis."""
+        pred = pred.float()
+        if self.target == "norm_pix":
+            x = self.patchify(imgs.float())
+            return pred * (x.var(-1, keepdim=True) + 1e-6) ** 0.5 + x.mean(-1, keepdim=True)
+        if self.target == "pca":
+            return pred @ self.pca_components + self.pca_mean
+        return pred
+
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error on the masked patches only. imgs (N, C, H, W); pred (N, L, p*p*C); mask (N, L)."""
-        target = self.patchify(imgs)
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        """Mean squared error on the masked patches only. imgs (N, C, H, W); pred (N, L, out_dim) with
+        out_dim p*p*C (pca: pca_dim); mask (N, L)."""
+        target = self.target_of(imgs)
         loss = ((pred.float() - target.float()) ** 2).mean(dim=-1)
         return (loss * mask).sum() / mask.sum()
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None):
-        """Returns ``loss, pred, mask`` as the reference: pred (N, L, p*p*C), mask (N, L), 1 = masked."""
+        """Returns ``loss, pred, mask`` as the reference: pred (N, L, out_dim), mask (N, L), 1 = masked.
+        ``noise`` (N, L) decides the mask (lowest kept); see ``masking.mask_noise`` for block / grid."""
         latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(imgs, pred, mask), pred, mask
