@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""Segmentation backbone speed and peak memory: our ``MAEViT`` vs mmseg's own ``MAE`` backbone.
+"""Segmentation backbone speed and peak memory: our ``PlainViTBackbone`` vs mmseg's own ``MAE`` backbone.
 
 Both are built with the ADE20K recipe's settings (BEiT relative position bias, layer scale, cls token,
 drop path 0.1, outputs of blocks 3/5/7/11 for B or 7/11/15/23 for L) and hold the same weights (mmseg's
-converted by ``segmentation.mmseg_keys``). One training step = forward + backward of the mean of the four
+converted by ``mae_transfer.checkpoint_keys``). One training step = forward + backward of the mean of the four
 feature maps; inference = forward under ``no_grad``. Each model runs in its own fresh process so peak
 memory is its own (CUDA: ``max_memory_allocated`` above the weights; CPU: the process's peak RSS,
 weights and libraries included, so CPU memory ratios understate the difference). Printed: images/s, ms/step and peak memory of each, and the ratios ours / mmseg.
@@ -30,11 +30,11 @@ OUT_INDICES = {"vit_base_patch16": (3, 5, 7, 11), "vit_large_patch16": (7, 11, 1
 
 
 def build_pair(arch: str, img_size: int):
-    """Our MAEViT and mmseg's MAE with identical weights (train mode)."""
+    """Our PlainViTBackbone and mmseg's MAE with identical weights (train mode)."""
     import torch
     from mmengine.config import ConfigDict
 
-    import segmentation  # noqa: F401  (registers MAEViT and the key converter)
+    import segmentation  # noqa: F401  (registers PlainViTBackbone)
     from mae_transfer.checkpoint import to_mae_transfer_keys
     from mae_transfer.models.vit import VIT_PRESETS
     from mmseg.registry import MODELS
@@ -46,7 +46,7 @@ def build_pair(arch: str, img_size: int):
                                   out_indices=list(out_indices), drop_path_rate=0.1, init_values=1.0,
                                   norm_cfg=dict(type="LN", eps=1e-6)))
     ref.init_weights()
-    ours = MODELS.build(ConfigDict(type="MAEViT", arch=arch, img_size=img_size, out_indices=out_indices,
+    ours = MODELS.build(ConfigDict(type="PlainViTBackbone", arch=arch, img_size=img_size, out_indices=out_indices,
                                    drop_path_rate=0.1, rel_pos="bias", init_values=1.0))
     sd, _ = to_mae_transfer_keys(ref.state_dict())
     ours.vit.load_state_dict(sd, strict=True)

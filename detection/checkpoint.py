@@ -18,8 +18,8 @@ import os
 import torch.nn as nn
 from detectron2.checkpoint import DetectionCheckpointer
 
-from mae_transfer.checkpoint import (CheckpointError, CheckpointMismatchError, LoadReport, _short_list,
-                                     extract_state_dict, load_file, load_pretrained, save_checkpoint)
+from mae_transfer.checkpoint import (CheckpointError, LoadReport, check_state_dict, extract_state_dict, load_file,
+                                     load_pretrained, save_checkpoint)
 from mae_transfer.models.vit import VisionTransformer
 
 __all__ = ["SafeDetectionCheckpointer", "find_vit", "load_weights", "is_detector_state_dict"]
@@ -75,30 +75,14 @@ def load_weights(model: nn.Module, path: str) -> LoadReport:
     :class:`~mae_transfer.checkpoint.CheckpointMismatchError` (listing missing / unexpected / wrong-shape
     keys) when the weights do not fit."""
     model = getattr(model, "module", model)
-    raw = load_file(path)
-    sd = extract_state_dict(raw, path)
+    sd = extract_state_dict(load_file(path), path)
     if is_detector_state_dict(sd):
-        target = model.state_dict()
-        missing = [k for k in target if k not in sd and k not in ("pixel_mean", "pixel_std")]
-        unexpected = [k for k in sd if k not in target]
-        wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
-                 for k in sd if k in target and sd[k].shape != target[k].shape]
-        if missing or unexpected or wrong:
-            lines = [f"detector checkpoint {path} does not fit this model ({type(model).__name__}):"]
-            for title, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)):
-                if keys:
-                    lines.append(f"  {title} ({len(keys)}): {_short_list(keys, 8)}")
-            raise CheckpointMismatchError("\n".join(lines))
+        # pixel_mean / pixel_std are buffers the config sets, not learned weights
+        check_state_dict(sd, model, source=path, fmt="detector", ignore_missing=("pixel_mean", "pixel_std"))
         model.load_state_dict(sd, strict=False)
-        report = LoadReport(path, "detector")
         logger.info(f"loaded the whole detector from {path}")
-        return report
+        return LoadReport(path, "detector")
     name, vit = find_vit(model)
-    try:
-        report = load_pretrained(vit, sd, log=False)
-    except CheckpointMismatchError as e:
-        msg = str(e).replace("checkpoint state dict", f"checkpoint {path}", 1)
-        raise CheckpointMismatchError(f"{msg}\n  (loading into the detector's ViT '{name}')") from None
-    report.source = path
+    report = load_pretrained(vit, sd, source=path, context=f"loading into the detector's ViT '{name}'", log=False)
     logger.info(f"backbone '{name}': {report}")
     return report

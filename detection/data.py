@@ -30,12 +30,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from mae_transfer.common import write_json
 
 __all__ = ["CocoFormatError", "ValidationReport", "validate_coco_json", "register_coco_dataset"]
 
@@ -132,19 +133,8 @@ def _image_size(path: Path) -> tuple[int, int]:
         return im.height, im.width
 
 
-def validate_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike, *,
-                       is_train: bool = True, check_files: bool = True) -> tuple[dict, ValidationReport]:
-    """Check and clean a COCO instances json (see the module docstring for the rules).
-
-    Args:
-        json_file: the COCO json.
-        image_root: folder the images' ``file_name`` is relative to.
-        is_train: a training set must keep at least one annotation.
-        check_files: check that every image file exists (and read missing sizes from it).
-    Returns:
-        ``(cleaned json dict, report)``. Raises :class:`CocoFormatError` naming the item at fault.
-    """
-    json_file, image_root = Path(json_file), Path(image_root)
+def _read_json(json_file: Path, image_root: Path) -> dict:
+    """The json's top level, checked to be an object with list ``images``, ``annotations``, ``categories``."""
     src = str(json_file)
     if not json_file.is_file():
         raise CocoFormatError(f"COCO json {src!r} does not exist")
@@ -160,8 +150,11 @@ def validate_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLi
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise CocoFormatError(f"{src}: missing or non-list top-level key {key!r} (has: {_items(data)})")
-    report = ValidationReport(src)
+    return data
 
+
+def _categories(data: dict, src: str) -> dict[int, dict]:
+    """id -> category; ids must be unique integers and every category needs a name."""
     cats = {}
     for i, c in enumerate(data["categories"]):
         if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
@@ -171,7 +164,11 @@ def validate_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLi
         cats[c["id"]] = {"id": c["id"], "name": str(c["name"]), "supercategory": c.get("supercategory", "")}
     if not cats:
         raise CocoFormatError(f"{src}: 'categories' is empty")
+    return cats
 
+
+def _images(data: dict, src: str, image_root: Path, check_files: bool, report: ValidationReport) -> dict[int, dict]:
+    """id -> image with a positive size (read from the file where the json lacks it); files must exist."""
     images, missing_files = {}, []
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str):
@@ -194,103 +191,140 @@ def validate_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLi
                               f"{_items(missing_files)}")
     if not images:
         raise CocoFormatError(f"{src}: empty dataset, 'images' is empty")
+    return images
 
+
+def _check_references(a, where: str, src: str, images: dict, cats: dict):
+    """An annotation is an object naming an existing image and category (else the json is refused)."""
+    if not isinstance(a, dict):
+        raise CocoFormatError(f"{src}: {where} is a {type(a).__name__}, not an object")
+    for key in ("image_id", "category_id"):
+        if key not in a:
+            raise CocoFormatError(f"{src}: {where} has no {key!r}")
+    if a["image_id"] not in images:
+        raise CocoFormatError(f"{src}: {where} refers to image_id {a['image_id']!r}, which is not in 'images'")
+    if a["category_id"] not in cats:
+        raise CocoFormatError(f"{src}: {where} has category_id {a['category_id']!r}, which is not in "
+                              f"'categories' (ids: {_items(sorted(cats), 12)})")
+
+
+def _clean_mask(segm, h: int, w: int, skipped: Counter):
+    """``(segmentation, (area, box) | None)``: usable polygons or RLE of an (h, w) image, else ``(None, None)``."""
+    if isinstance(segm, list) and segm:
+        segm = _clean_polygons(segm, skipped)
+    elif isinstance(segm, dict):
+        reason = _rle_ok(segm, h, w)
+        if reason:
+            skipped[reason] += 1
+            segm = None
+    elif segm:
+        skipped["malformed segmentations"] += 1
+        segm = None
+    if not segm:
+        return None, None
+    stats = _mask_stats(segm, h, w)
+    if stats is None:
+        skipped["empty masks"] += 1
+        return None, None
+    return segm, stats
+
+
+def _clean_box(box, stats, h: int, w: int, report: ValidationReport) -> list[float] | None:
+    """The xywh box clipped to the image (derived from the mask where missing); None if unusable."""
+    if box is None and stats is not None:
+        box = stats[1]
+        report.repaired["boxes derived from masks"] += 1
+    if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)):
+        report.skipped["malformed boxes (not 4 finite numbers)"] += 1
+        return None
+    x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
+    cx0, cy0, cx1, cy1 = min(max(x0, 0), w), min(max(y0, 0), h), min(max(x1, 0), w), min(max(y1, 0), h)
+    if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
+        report.skipped["zero-area boxes or boxes outside the image"] += 1
+        return None
+    if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
+        report.repaired["boxes clipped to the image"] += 1
+    return [float(cx0), float(cy0), float(cx1 - cx0), float(cy1 - cy0)]
+
+
+class _AnnotationIds:
+    """Keeps the json's annotation ids; a missing or repeated one gets a new id above all of them."""
+
+    def __init__(self, annotations: list, report: ValidationReport):
+        used = {a["id"] for a in annotations if isinstance(a, dict) and isinstance(a.get("id"), int)}
+        self.next, self.seen, self.report = max(used, default=0) + 1, set(), report
+
+    def __call__(self, aid) -> int:
+        if not isinstance(aid, int) or aid in self.seen:
+            aid, self.next = self.next, self.next + 1
+            self.report.repaired["annotation ids assigned"] += 1
+        self.seen.add(aid)
+        return aid
+
+
+def _clean_annotation(a: dict, im: dict, ids: _AnnotationIds, has_masks: bool, report: ValidationReport) -> dict | None:
+    """The annotation as it is registered (crowd flag, id, mask, box, area), or None if it is dropped."""
+    out = {"image_id": a["image_id"], "category_id": a["category_id"], "iscrowd": int(bool(a.get("iscrowd", 0)))}
+    if a.get("ignore", 0):
+        out["iscrowd"] = 1
+        report.repaired["'ignore' annotations turned into crowd regions"] += 1
+    out["id"] = ids(a.get("id"))
+    segm, stats = _clean_mask(a.get("segmentation"), im["height"], im["width"], report.skipped)
+    if segm:
+        out["segmentation"] = segm
+        report.uses_rle |= isinstance(segm, dict) and not out["iscrowd"]
+    elif has_masks and not out["iscrowd"]:
+        report.skipped["annotations without a valid mask (the dataset has masks)"] += 1
+        return None
+    box = _clean_box(a.get("bbox"), stats, im["height"], im["width"], report)
+    if box is None:
+        return None
+    out["bbox"] = box
+    if _is_number(a.get("area")) and a["area"] > 0:
+        out["area"] = float(a["area"])
+    else:
+        out["area"] = stats[0] if stats is not None else box[2] * box[3]
+        report.repaired["areas computed"] += 1
+    return out
+
+
+def validate_coco_json(json_file: str | os.PathLike, image_root: str | os.PathLike, *,
+                       is_train: bool = True, check_files: bool = True) -> tuple[dict, ValidationReport]:
+    """Check and clean a COCO instances json (see the module docstring for the rules).
+
+    Args:
+        json_file: the COCO json.
+        image_root: folder the images' ``file_name`` is relative to.
+        is_train: a training set must keep at least one annotation.
+        check_files: check that every image file exists (and read missing sizes from it).
+    Returns:
+        ``(cleaned json dict, report)``. Raises :class:`CocoFormatError` naming the item at fault.
+    """
+    json_file, image_root = Path(json_file), Path(image_root)
+    src = str(json_file)
+    data = _read_json(json_file, image_root)
+    report = ValidationReport(src)
+    cats = _categories(data, src)
+    images = _images(data, src, image_root, check_files, report)
     has_masks = any(isinstance(a, dict) and a.get("segmentation") and not a.get("iscrowd", 0)
                     for a in data["annotations"])
-    skipped, repaired = report.skipped, report.repaired
-    anns, used_ids = [], {a["id"] for a in data["annotations"] if isinstance(a, dict) and isinstance(a.get("id"), int)}
-    next_id, seen_ids = max(used_ids, default=0) + 1, set()
+    ids, anns = _AnnotationIds(data["annotations"], report), []
     for i, a in enumerate(data["annotations"]):
         where = f"annotations[{i}]" + (f" (id {a['id']})" if isinstance(a, dict) and "id" in a else "")
-        if not isinstance(a, dict):
-            raise CocoFormatError(f"{src}: {where} is a {type(a).__name__}, not an object")
-        for key in ("image_id", "category_id"):
-            if key not in a:
-                raise CocoFormatError(f"{src}: {where} has no {key!r}")
-        if a["image_id"] not in images:
-            raise CocoFormatError(f"{src}: {where} refers to image_id {a['image_id']!r}, which is not in 'images'")
-        if a["category_id"] not in cats:
-            raise CocoFormatError(f"{src}: {where} has category_id {a['category_id']!r}, which is not in "
-                                  f"'categories' (ids: {_items(sorted(cats), 12)})")
-        im = images[a["image_id"]]
-        H, W = im["height"], im["width"]
-        out = {"image_id": a["image_id"], "category_id": a["category_id"], "iscrowd": int(bool(a.get("iscrowd", 0)))}
-        if a.get("ignore", 0):
-            out["iscrowd"] = 1
-            repaired["'ignore' annotations turned into crowd regions"] += 1
-        aid = a.get("id")
-        if not isinstance(aid, int) or aid in seen_ids:
-            aid, next_id = next_id, next_id + 1
-            repaired["annotation ids assigned"] += 1
-        seen_ids.add(aid)
-        out["id"] = aid
-
-        segm, stats = a.get("segmentation"), None
-        if isinstance(segm, list) and segm:
-            segm = _clean_polygons(segm, skipped)
-        elif isinstance(segm, dict):
-            reason = _rle_ok(segm, H, W)
-            if reason:
-                skipped[reason] += 1
-                segm = None
-        elif segm:
-            skipped["malformed segmentations"] += 1
-            segm = None
-        if segm:
-            stats = _mask_stats(segm, H, W)
-            if stats is None:
-                skipped["empty masks"] += 1
-                segm = None
-        if segm:
-            out["segmentation"] = segm
-            report.uses_rle |= isinstance(segm, dict) and not out["iscrowd"]
-        elif has_masks and not out["iscrowd"]:
-            skipped["annotations without a valid mask (the dataset has masks)"] += 1
-            continue
-
-        box = a.get("bbox")
-        if box is None and stats is not None:
-            box = stats[1]
-            repaired["boxes derived from masks"] += 1
-        if not (isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_number(v) for v in box)):
-            skipped["malformed boxes (not 4 finite numbers)"] += 1
-            continue
-        x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
-        cx0, cy0, cx1, cy1 = min(max(x0, 0), W), min(max(y0, 0), H), min(max(x1, 0), W), min(max(y1, 0), H)
-        if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
-            skipped["zero-area boxes or boxes outside the image"] += 1
-            continue
-        if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
-            repaired["boxes clipped to the image"] += 1
-        out["bbox"] = [float(cx0), float(cy0), float(cx1 - cx0), float(cy1 - cy0)]
-        if _is_number(a.get("area")) and a["area"] > 0:
-            out["area"] = float(a["area"])
-        else:
-            out["area"] = stats[0] if stats is not None else out["bbox"][2] * out["bbox"][3]
-            repaired["areas computed"] += 1
-        anns.append(out)
+        _check_references(a, where, src, images, cats)
+        out = _clean_annotation(a, images[a["image_id"]], ids, has_masks, report)
+        if out is not None:
+            anns.append(out)
 
     report.num_images, report.num_annotations, report.num_categories = len(images), len(anns), len(cats)
     report.has_masks = has_masks
     if is_train and not any(not a["iscrowd"] for a in anns):
+        skipped = report.skipped
         raise CocoFormatError(f"{src}: empty dataset, no usable annotation left for training "
                               f"({sum(skipped.values())} skipped: {dict(skipped) or 'none given'})")
     clean = {"info": data.get("info", {}), "licenses": data.get("licenses", []), "categories": list(cats.values()),
              "images": list(images.values()), "annotations": anns}
     return clean, report
-
-
-def _write_json_atomic(obj: dict, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def register_coco_dataset(name: str, json_file: str | os.PathLike, image_root: str | os.PathLike,
@@ -305,7 +339,7 @@ def register_coco_dataset(name: str, json_file: str | os.PathLike, image_root: s
     clean, report = validate_coco_json(json_file, image_root, is_train=is_train, check_files=check_files)
     logger.info(f"dataset {name!r}: {report}")
     clean_path = Path(cache_dir) / f"{name}.json"
-    _write_json_atomic(clean, clean_path)
+    write_json(clean, clean_path, indent=None)
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

@@ -9,7 +9,6 @@ checkpoints, and the final ``metrics.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,8 +23,9 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from torch.nn.parallel import DistributedDataParallel
 
+from mae_transfer.common import ConfigError, is_random_init, write_json
+
 from .checkpoint import SafeDetectionCheckpointer, load_weights
-from .lazy import ConfigError
 
 __all__ = ["build_model", "do_test", "do_train", "flat_metrics", "write_metrics", "resolve_weights",
            "save_prediction_figure", "save_predictions"]
@@ -35,7 +35,7 @@ logger = logging.getLogger("detectron2.mae_transfer")
 
 def resolve_weights(weights: str | None) -> str | None:
     """``None`` for random init ("none", "" or None), else an existing file (clear error otherwise)."""
-    if weights is None or str(weights).strip().lower() in ("", "none"):
+    if weights is None or is_random_init(weights):
         return None
     if not Path(weights).is_file():
         raise ConfigError(f"weights file {weights!r} not found; pass --weights FILE, or --weights none "
@@ -177,12 +177,7 @@ def write_metrics(path: str | os.PathLike, metrics: dict):
     """Atomic ``metrics.json`` (rank 0 only)."""
     if not comm.is_main_process():
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(_finite(metrics), f, indent=1, allow_nan=False)
-    os.replace(tmp, path)
+    write_json(_finite(metrics), path, allow_nan=False)
     logger.info(f"metrics written to {path}: " + ", ".join(
         f"{k} {v:.2f}" for k, v in metrics.items() if k in ("bbox/AP", "segm/AP", "wall_s") and v is not None))
 

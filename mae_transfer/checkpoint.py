@@ -5,8 +5,10 @@ Formats read (detected from the keys, see :func:`to_mae_transfer_keys`):
 - the official MAE release (``mae_pretrain_vit_*.pth``, ``{"model": ...}``, and fine-tuned ones with
   ``fc_norm``/``head``), including full training checkpoints of the reference code (``args``);
 - timm / DeiT supervised ViTs (a plain state dict or ``{"model": ...}``);
-- checkpoints written by our Detectron2 (``backbone.net.``) and MMSegmentation (``backbone.``) adapters,
-  plus any converters registered with :func:`register_key_converter`.
+- checkpoints written by our Detectron2 (``backbone.net.``) and MMSegmentation (``backbone.vit.``) adapters;
+- MMSegmentation / MMPretrain ViT, MAE and BEiT backbones (``layers.i.ln1``, ...).
+The key renames are the table of :mod:`mae_transfer.checkpoint_keys`. Every key-mismatch report (missing,
+unexpected, wrong-shape keys) is written by :func:`check_state_dict`.
 
 Checkpoints are untrusted input: everything is read with ``torch.load(weights_only=True)``.
 """
@@ -17,26 +19,25 @@ import argparse
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint_keys import MAE_DECODER_KEYS, to_mae_transfer_keys
+from .common import atomic_write
 from .models.pos_embed import resample_abs_pos_embed
 from .models.vit import resize_beit_bias_table, resize_rel_pos
 
 logger = logging.getLogger("mae_transfer")
 
-__all__ = ["CheckpointError", "CheckpointMismatchError", "LoadReport", "load_file", "extract_state_dict",
-           "to_mae_transfer_keys", "adapt_state_dict", "load_pretrained", "save_checkpoint",
-           "register_key_converter"]
+__all__ = ["CheckpointError", "CheckpointMismatchError", "LoadReport", "MAE_DECODER_KEYS", "load_file",
+           "extract_state_dict", "to_mae_transfer_keys", "adapt_state_dict", "check_state_dict", "load_pretrained",
+           "save_checkpoint"]
 
-# Parameters that exist only in the MAE pretraining model; a downstream encoder drops them.
-MAE_DECODER_KEYS = re.compile(r"^(mask_token|encoder_mask_token|pca_mean|pca_components)$|^decoder_")
 # Parameters a downstream model may add on top of a pretrained encoder: they start from their init.
 NEW_DOWNSTREAM_KEYS = re.compile(
     r"^(head\.|fc_norm\.|blocks\.\d+\.attn\.(rel_pos_[hw]|relative_position_bias_table)$|blocks\.\d+\.ls[12]\.gamma$)")
@@ -118,42 +119,6 @@ def extract_state_dict(obj: dict, source: str = "checkpoint") -> dict[str, torch
     return sd
 
 
-# ---- foreign key names -> ours -----------------------------------------------------------------------
-KeyConverter = Callable[[dict], "dict | None"]
-_CONVERTERS: list[tuple[str, KeyConverter]] = []
-
-
-def register_key_converter(name: str, fn: KeyConverter):
-    """Register ``fn(state_dict) -> state_dict in our names, or None if not its format``. Adapters use
-    this for their framework's layouts (e.g. MMSegmentation's own ``MAE`` backbone names)."""
-    _CONVERTERS.append((name, fn))
-
-
-def _strip_prefix(sd: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def to_mae_transfer_keys(sd: dict) -> tuple[dict, str]:
-    """Rename a state dict of any known format to our names. Returns ``(state_dict, format_name)``."""
-    for name, fn in _CONVERTERS:
-        out = fn(sd)
-        if out is not None:
-            return out, name
-    if all(k.startswith("module.") for k in sd):  # DDP-wrapped
-        sd = _strip_prefix(sd, "module.")
-    # Our adapters nest the ViT as detectron2 ``backbone.net`` (ViTDet) / ``backbone.bottom_up.net``
-    # (multi-level FPN) and mmseg ``backbone.vit``/``backbone``.
-    for prefix, fmt in (("backbone.net.", "detectron2"), ("backbone.bottom_up.net.", "detectron2"),
-                        ("backbone.vit.", "mmseg"), ("backbone.", "mmseg")):
-        if any(k.startswith(prefix + "blocks.") for k in sd):
-            return _strip_prefix(sd, prefix), fmt
-    if any(MAE_DECODER_KEYS.match(k) for k in sd):
-        return dict(sd), "mae"
-    if "blocks.0.attn.qkv.weight" in sd:
-        return dict(sd), "vit"
-    return dict(sd), "unknown"
-
-
 # ---- shapes: positions, patch embedding, relative-position tables ------------------------------------
 def _square_side(n: int) -> int | None:
     side = int(round(n ** 0.5))
@@ -213,8 +178,46 @@ def adapt_state_dict(sd: dict, model: nn.Module) -> tuple[dict, list[str]]:
 
 
 # ---- loading into a model ------------------------------------------------------------------------------
+def check_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module, *, source: str = "state dict",
+                     fmt: str | None = None, allow_missing: re.Pattern | None = None,
+                     ignore_missing: Iterable[str] = (), header: str | None = None,
+                     context: str | None = None) -> list[str]:
+    """Check that ``sd`` fits ``model`` key by key and shape by shape; returns the allowed missing keys.
+
+    Args:
+        sd: the state dict, already in ``model``'s names.
+        model: the module it is for.
+        source: the file it came from (named in the error), or ``"state dict"``.
+        fmt: its format (as :func:`to_mae_transfer_keys` names it), shown beside ``source``.
+        allow_missing: keys of the model the checkpoint may lack (they keep their init).
+        ignore_missing: keys of the model never expected in a checkpoint (e.g. buffers set by the config).
+        header: the first line of the error instead of ``checkpoint SOURCE (FMT format) does not fit MODEL``.
+        context: a last line of the error saying where the weights were going.
+    Raises :class:`CheckpointMismatchError` listing the missing, unexpected and wrong-shape keys.
+    """
+    target = model.state_dict()
+    ignore = set(ignore_missing)
+    missing = [k for k in target if k not in sd and k not in ignore]
+    unexpected = [k for k in sd if k not in target]
+    wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
+             for k in sd if k in target and sd[k].shape != target[k].shape]
+    not_allowed = [k for k in missing if allow_missing is None or not allow_missing.search(k)]
+    if not_allowed or unexpected or wrong:
+        what = f"checkpoint {source}" + (f" ({fmt} format)" if fmt else "")
+        lines = [(header or f"{what} does not fit {type(model).__name__}") + ":"]
+        for title, keys, limit in (("missing keys", not_allowed, 12), ("unexpected keys", unexpected, 12),
+                                   ("wrong shapes", wrong, 8)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): {_short_list(keys, limit)}")
+        if context:
+            lines.append(f"  ({context})")
+        raise CheckpointMismatchError("\n".join(lines))
+    return missing
+
+
 def load_pretrained(model: nn.Module, src: str | os.PathLike | dict, *,
                     allow_missing: re.Pattern | str | None = NEW_DOWNSTREAM_KEYS,
+                    source: str | os.PathLike | None = None, context: str | None = None,
                     log: bool = True) -> LoadReport:
     """Load pretrained weights of any known format into ``model`` (a ViT, an MAE, or a module holding
     the ViT at its top level), resizing what can be resized.
@@ -224,8 +227,11 @@ def load_pretrained(model: nn.Module, src: str | os.PathLike | dict, *,
     - Keys the model has and the checkpoint lacks are allowed only if they match ``allow_missing``
       (by default: head, fc_norm, relative-position tables, layer scale). Everything else that does not
       fit raises :class:`CheckpointMismatchError` listing missing, unexpected and wrong-shape keys.
+
+    ``src`` is a file or a loaded checkpoint; ``source`` names it in the report and in errors (default:
+    the file, or ``"state dict"``); ``context`` ends the error (e.g. which part of a larger model).
     """
-    source = str(src) if not isinstance(src, dict) else "state dict"
+    source = str(source) if source is not None else (str(src) if not isinstance(src, dict) else "state dict")
     raw = load_file(src) if not isinstance(src, dict) else src
     sd, fmt = to_mae_transfer_keys(extract_state_dict(raw, source))
     target = model.state_dict()
@@ -244,21 +250,7 @@ def load_pretrained(model: nn.Module, src: str | os.PathLike | dict, *,
         dropped.append(f"{k} (classifier of another size)")
         del sd[k]
     sd, resized = adapt_state_dict(sd, model)
-
-    missing = [k for k in target if k not in sd]
-    unexpected = [k for k in sd if k not in target]
-    wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
-             for k in sd if k in target and sd[k].shape != target[k].shape]
-    not_allowed = [k for k in missing if allow is None or not allow.search(k)]
-    if not_allowed or unexpected or wrong:
-        lines = [f"checkpoint {source} ({fmt} format) does not fit {type(model).__name__}:"]
-        if not_allowed:
-            lines.append(f"  missing keys ({len(not_allowed)}): {_short_list(not_allowed)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_short_list(unexpected)}")
-        if wrong:
-            lines.append(f"  wrong shapes ({len(wrong)}): {_short_list(wrong, 8)}")
-        raise CheckpointMismatchError("\n".join(lines))
+    missing = check_state_dict(sd, model, source=source, fmt=fmt, allow_missing=allow, context=context)
     model.load_state_dict(sd, strict=False)
     report = LoadReport(source, fmt, missing, dropped, resized)
     if log:
@@ -268,23 +260,6 @@ def load_pretrained(model: nn.Module, src: str | os.PathLike | dict, *,
 
 # ---- saving ---------------------------------------------------------------------------------------------
 def save_checkpoint(obj: dict, path: str | os.PathLike):
-    """Write atomically: a temp file in the same folder, fsync, then rename over ``path``. A crash at
-    any moment leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save(obj)`` through :func:`mae_transfer.common.atomic_write`: a crash at any moment
+    leaves either the old file or the new one, never a torn one."""
+    atomic_write(path, lambda f: torch.save(obj, f))

@@ -13,6 +13,8 @@ import re
 
 import torch.nn as nn
 
+from .common import encoder_depth
+
 __all__ = ["layer_id", "lr_decay_scale", "param_groups", "cosine_lr", "scaled_lr", "set_lr"]
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
@@ -48,7 +50,7 @@ def param_groups(model: nn.Module, weight_decay: float = 0.05, layer_decay: floa
         model: any module; parameters with ``requires_grad=False`` are skipped.
         weight_decay: for weights of 2+ dims that are not tokens or relative-position tables.
         layer_decay: per-layer lr decay (0.65 MAE-B fine-tune/ADE20K, 0.7/0.8/0.9 ViTDet B/L/H).
-        depth: encoder depth; default ``model.depth`` (or ``len(model.blocks)``).
+        depth: encoder depth; default the ``depth`` (or ``len(blocks)``) of the module ``encoder_prefix`` names.
         no_weight_decay: extra full parameter names to exclude from weight decay.
         encoder_prefix: only names starting with it get layer decay (e.g. ``"backbone."``); others use
             scale 1 (necks and heads, as ViTDet).
@@ -56,10 +58,7 @@ def param_groups(model: nn.Module, weight_decay: float = 0.05, layer_decay: floa
     Each group has ``params``, ``weight_decay`` and ``lr_scale``; see :func:`set_lr`.
     """
     if layer_decay is not None and depth is None:
-        enc = model
-        for part in filter(None, encoder_prefix.rstrip(".").split(".")):
-            enc = getattr(enc, part, enc)
-        depth = getattr(enc, "depth", None) or len(getattr(enc, "blocks"))
+        depth = encoder_depth(model, encoder_prefix)
     groups: dict[tuple[float, float], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

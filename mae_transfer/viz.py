@@ -104,22 +104,32 @@ def save_loss_curve(records: list[dict], path: str | os.PathLike, key: str = "lo
     return _save(plt, fig, path)
 
 
-def save_sweep_plot(ratios: Sequence[float], series: dict[str, Sequence[float]], path: str | os.PathLike,
-                    title: str = "masking ratio sweep") -> Path:
-    """Top-1 (%) against masking ratio, one line per series (e.g. fine-tune, linear probe), as the
-    paper's Figure 5."""
+def _top1_lines(points: dict[str, list[tuple[float, float]]], path: str | os.PathLike, xlabel: str, title: str,
+                xticks: tuple[list, list] | None = None) -> Path:
+    """Top-1 (%) lines, one per series of ``(x, top-1)`` points, each point labelled with its value;
+    ``xticks`` = (positions, labels) where the x axis needs its own labels."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, vals in series.items():
-        ax.plot([r * 100 for r in ratios], vals, "o-", label=name)
-        for r, v in zip(ratios, vals):
-            ax.annotate(f"{v:.1f}", (r * 100, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
-    ax.set_xlabel("masking ratio (%)")
+    for name, pts in points.items():
+        ax.plot([x for x, _ in pts], [v for _, v in pts], "o-", label=name)
+        for x, v in pts:
+            ax.annotate(f"{v:.1f}", (x, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
+    if xticks is not None:
+        ax.set_xticks(*xticks)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     return _save(plt, fig, path)
+
+
+def save_sweep_plot(ratios: Sequence[float], series: dict[str, Sequence[float]], path: str | os.PathLike,
+                    title: str = "masking ratio sweep") -> Path:
+    """Top-1 (%) against masking ratio, one line per series (e.g. fine-tune, linear probe), as the
+    paper's Figure 5."""
+    points = {name: [(r * 100, v) for r, v in zip(ratios, vals)] for name, vals in series.items()}
+    return _top1_lines(points, path, "masking ratio (%)", title)
 
 
 def _numeric(labels: Sequence[str]) -> list[float] | None:
@@ -168,20 +178,9 @@ def save_partial_finetune_plot(blocks: Sequence[int], series: dict[str, Sequence
                                path: str | os.PathLike, depth: int, title: str = "partial fine-tuning") -> Path:
     """Top-1 (%) against the number of fine-tuned blocks, one line per checkpoint, as the paper's
     Figure 9 (0 = head only, ``depth`` = full fine-tuning). ``None`` values (failed runs) are left out."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for name, vals in series.items():
-        pts = [(b, v) for b, v in zip(blocks, vals) if v is not None]
-        ax.plot([b for b, _ in pts], [v for _, v in pts], "o-", label=name)
-        for b, v in pts:
-            ax.annotate(f"{v:.1f}", (b, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
-    ax.set_xticks(list(blocks), [f"{b}\n(all)" if b == depth else str(b) for b in blocks])
-    ax.set_xlabel("blocks fine-tuned")
-    ax.set_ylabel("top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    return _save(plt, fig, path)
+    points = {name: [(b, v) for b, v in zip(blocks, vals) if v is not None] for name, vals in series.items()}
+    ticks = (list(blocks), [f"{b}\n(all)" if b == depth else str(b) for b in blocks])
+    return _top1_lines(points, path, "blocks fine-tuned", title, xticks=ticks)
 
 
 def _label_colours(n: int):

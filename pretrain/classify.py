@@ -21,8 +21,8 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from tqdm import tqdm
 
-from mae_transfer.checkpoint import (CheckpointMismatchError, extract_state_dict, load_file, load_pretrained,
-                                     to_mae_transfer_keys)
+from mae_transfer.checkpoint import extract_state_dict, load_file, load_pretrained, to_mae_transfer_keys
+from mae_transfer.common import is_random_init
 from mae_transfer.models.vit import VIT_PRESETS, VisionTransformer
 from mae_transfer.optim import param_groups
 
@@ -42,6 +42,44 @@ def vit_kwargs(cfg: dict, num_classes: int) -> dict:
         raise ConfigError(f"{'linprobe_pool' if mode == 'linprobe' else 'global_pool'} must be token or avg, got {pool!r}")
     return {**VIT_PRESETS[cfg["model"]], "img_size": cfg["img_size"], "num_classes": num_classes,
             "global_pool": pool, "drop_path_rate": 0.0 if mode == "linprobe" else cfg["drop_path"]}
+
+
+FINETUNE_MODES = ("finetune", "partial", "supervised")
+
+
+def _check_weights_flag(mode: str, weights: str | None):
+    """supervised starts from scratch; the transfer modes need ``--weights`` (a file, or ``none``)."""
+    if mode == "supervised" and weights is not None and not is_random_init(weights):
+        raise ConfigError("supervised trains from scratch: drop --weights (use --mode finetune to start from weights)")
+    if mode != "supervised" and weights is None:
+        raise ConfigError(f"--mode {mode} needs --weights CHECKPOINT (or --weights none for a random-init encoder)")
+
+
+def _pool_for_checkpoint(cfg: dict, raw: dict | None) -> dict:
+    """``cfg``, with the linear probe on average-pooled features when the checkpoint has no final norm."""
+    if cfg["mode"] != "linprobe" or raw is None or cfg["linprobe_pool"] != "token":
+        return cfg
+    keys = to_mae_transfer_keys(extract_state_dict(raw, cfg["weights"]))[0]
+    if "norm.weight" not in keys and "fc_norm.weight" in keys:
+        # an encoder trained with average pooling (our supervised / fine-tuned checkpoints) has no
+        # final norm for the cls token: probe the features it was trained to produce
+        logger.info("%s has fc_norm and no final norm: linear probe on average-pooled features", cfg["weights"])
+        return {**cfg, "linprobe_pool": "avg"}
+    return cfg
+
+
+def _set_trainable(model: VisionTransformer, cfg: dict):
+    """linprobe: the head alone; partial: the last ``blocks`` blocks, the norms and the head; else all."""
+    if cfg["mode"] == "linprobe":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("head.")
+    elif cfg["mode"] == "partial":
+        k = cfg["blocks"]
+        if not 0 <= k <= model.depth:
+            raise ConfigError(f"blocks={k}: the encoder has {model.depth} blocks")
+        trainable = tuple(f"blocks.{i}." for i in range(model.depth - k, model.depth)) + ("norm.", "fc_norm.", "head.")
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith(trainable)
 
 
 class _Features(torch.utils.data.Dataset):
@@ -66,62 +104,60 @@ class ClassifyTask:
     def __init__(self, cfg: dict, env: DistEnv):
         self.cfg, self.env, mode = cfg, env, cfg["mode"]
         weights = cfg["weights"]
-        if mode == "supervised" and weights not in (None, "none"):
-            raise ConfigError("supervised trains from scratch: drop --weights (use --mode finetune to start from weights)")
-        if mode != "supervised" and weights is None:
-            raise ConfigError(f"--mode {mode} needs --weights CHECKPOINT (or --weights none for a random-init encoder)")
+        _check_weights_flag(mode, weights)
         train, val = splits(cfg, VIT_PRESETS.get(cfg["model"], {}).get("patch_size", 1), need_val=True)
         self.num_classes = cfg["num_classes"] or len(train.classes)
-        raw = None if weights in (None, "none") else load_file(weights)
-        if mode == "linprobe" and raw is not None and cfg["linprobe_pool"] == "token":
-            keys = to_mae_transfer_keys(extract_state_dict(raw, weights))[0]
-            if "norm.weight" not in keys and "fc_norm.weight" in keys:
-                # an encoder trained with average pooling (our supervised / fine-tuned checkpoints) has no
-                # final norm for the cls token: probe the features it was trained to produce
-                logger.info("%s has fc_norm and no final norm: linear probe on average-pooled features", weights)
-                cfg = {**cfg, "linprobe_pool": "avg"}
-                self.cfg = cfg
+        raw = None if weights is None or is_random_init(weights) else load_file(weights)
+        self.cfg = cfg = _pool_for_checkpoint(cfg, raw)
         self.model_kwargs = vit_kwargs(cfg, self.num_classes)
+        model = self._build_model(raw)
+        _set_trainable(model, cfg)
+        self.full_model = model.to(env.device)
+        self._build_data(train, val)
+        self._build_criterion()
+        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        logger.info("%s: %d trainable parameters, %d training / %d test images, %d classes", mode, n_train,
+                    len(train), len(val), self.num_classes)
+
+    def _build_model(self, raw: dict | None) -> VisionTransformer:
+        """The ViT with the checkpoint ``raw`` loaded (None: random init); sets ``weights_format``."""
+        cfg = self.cfg
         torch.manual_seed(cfg["seed"])
         model = VisionTransformer(**self.model_kwargs)
         if cfg["img_size"] % model.patch_size:
             raise ConfigError(f"img_size {cfg['img_size']} is not a multiple of the patch size {model.patch_size}")
-        self.weights_format = "random init" if weights in (None, "none") else None
-        if self.weights_format is None:
-            try:
-                self.load_report = load_pretrained(model, raw, log=False)
-            except CheckpointMismatchError as e:
-                raise CheckpointMismatchError(str(e).replace("checkpoint state dict", f"checkpoint {weights}", 1)) from None
-            self.load_report.source = weights
+        self.weights_format = "random init"
+        if raw is not None:
+            self.load_report = load_pretrained(model, raw, source=cfg["weights"], log=False)
             self.weights_format = self.load_report.format
             logger.info("%s", self.load_report)
-        if mode == "linprobe":
+        if cfg["mode"] == "linprobe":
             model.head = nn.Sequential(nn.BatchNorm1d(model.embed_dim, affine=False, eps=1e-6), model.head)
             trunc_normal_(model.head[1].weight, std=0.01)  # the MAE linear-probe head init
-            for name, p in model.named_parameters():
-                p.requires_grad = name.startswith("head.")
-        elif mode == "partial":
-            k = cfg["blocks"]
-            if not 0 <= k <= model.depth:
-                raise ConfigError(f"blocks={k}: the encoder has {model.depth} blocks")
-            trainable = tuple(f"blocks.{i}." for i in range(model.depth - k, model.depth)) + ("norm.", "fc_norm.", "head.")
-            for name, p in model.named_parameters():
-                p.requires_grad = name.startswith(trainable)
-        self.full_model = model.to(env.device)
+        return model
+
+    def _build_data(self, train, val):
+        """Test set, training set (or, for the cached linear probe, their frozen features) and ``model``."""
+        cfg, mode = self.cfg, self.cfg["mode"]
         self.mean, self.std = norm_stats(cfg, train)
-        finetune = mode in ("finetune", "partial", "supervised")
         self.eval_tf = make_transform(cfg, self.mean, self.std, train=False)
         self.val = seeded(val, self.eval_tf, cfg["seed"])
         self.cached = mode == "linprobe" and cfg["cache_features"] and cfg["augment"] == "none"
         if self.cached:
             self.train_set = _Features(*self._extract(seeded(train, self.eval_tf, cfg["seed"]), "train"))
             self.val_feats = self._extract(self.val, "val")
-            self.model = model.head
+            self.model = self.full_model.head
         else:
-            self.train_set = seeded(train, make_transform(cfg, self.mean, self.std, train=True, finetune=finetune), cfg["seed"])
+            finetune = mode in FINETUNE_MODES
+            self.train_set = seeded(train, make_transform(cfg, self.mean, self.std, train=True, finetune=finetune),
+                                    cfg["seed"])
             self.model = self.full_model
+
+    def _build_criterion(self):
+        """Mixup / CutMix (fine-tuning modes) and the loss that fits them."""
+        cfg = self.cfg
         self.mixup = None
-        if finetune and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):
+        if cfg["mode"] in FINETUNE_MODES and (cfg["mixup"] > 0 or cfg["cutmix"] > 0):
             from timm.data import Mixup
             self.mixup = Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], label_smoothing=cfg["smoothing"],
                                num_classes=self.num_classes)
@@ -133,9 +169,6 @@ class ClassifyTask:
             self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg["smoothing"])
         else:
             self.criterion = nn.CrossEntropyLoss()
-        n_train = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        logger.info("%s: %d trainable parameters, %d training / %d test images, %d classes", mode, n_train,
-                    len(train), len(val), self.num_classes)
 
     # ---- features (cached linear probe) -----------------------------------------------------------
     @torch.no_grad()

@@ -15,15 +15,13 @@ import runpy
 from pathlib import Path
 from typing import Any
 
+from mae_transfer.common import ConfigError
+
 __all__ = ["ConfigError", "FIELDS", "CHOICES", "MODES", "DEFAULT_CONFIG", "load_config", "parse_overrides", "resolve"]
 
 MODES = ("pretrain", "linprobe", "finetune", "partial", "supervised", "sweep")
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 DEFAULT_CONFIG = CONFIG_DIR / "mini_fashion_mnist.py"
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key or file."""
 
 
 # name: (default, type, help). type is the type of non-None values; tuples are typed by their items.
@@ -231,8 +229,3 @@ def resolve(file_cfg: dict, mode: str, flags: dict, overrides: dict) -> dict:
         cfg.update({k: v for k, v in layer.items() if k not in MODES})
     cfg["mode"] = mode
     return cfg
-
-
-def sections(file_cfg: dict, overrides: dict) -> dict:
-    """Per-mode sections of file and overrides merged (used by the sweep to configure its sub-runs)."""
-    return {m: {**file_cfg.get(m, {}), **overrides.get(m, {})} for m in MODES}

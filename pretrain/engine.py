@@ -32,16 +32,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from timm.optim import Lars
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from mae_transfer.checkpoint import CheckpointError, CheckpointMismatchError, load_file, save_checkpoint
+from mae_transfer.checkpoint import (CheckpointError, CheckpointMismatchError, check_state_dict, load_file,
+                                     save_checkpoint)
 from mae_transfer.optim import cosine_lr, scaled_lr, set_lr
 
 from .config import ConfigError
 from .distributed import DistEnv, all_gather_objects, all_reduce_sum, barrier
-from .lars import LARS
 
 logger = logging.getLogger("pretrain")
 
@@ -119,11 +120,33 @@ def find_resume_checkpoint(out_dir: Path) -> list[Path]:
     return final + periodic
 
 
+def lars_groups(groups: list[dict]) -> list[dict]:
+    """Parameter groups for ``timm.optim.Lars`` with the MAE reference's rule: weight decay and the trust
+    ratio apply to parameters of 2+ dims only, biases and norms take plain momentum SGD steps.
+
+    timm adapts a whole group (``always_adapt``) or none of it, so a group holding both kinds is split
+    in two; every other key of a group (``lr_scale``, ``param_names``, ...) is kept in both halves."""
+    out = []
+    for g in groups:
+        names = g.get("param_names", [None] * len(g["params"]))
+        for adapt in (True, False):
+            picked = [(p, n) for p, n in zip(g["params"], names) if (p.ndim > 1) == adapt]
+            if not picked:
+                continue
+            part = {**g, "params": [p for p, _ in picked], "always_adapt": adapt}
+            if "param_names" in g:
+                part["param_names"] = [n for _, n in picked]
+            if not adapt:
+                part["weight_decay"] = 0.0
+            out.append(part)
+    return out
+
+
 def build_optimizer(name: str, groups: list[dict], lr: float, betas, momentum: float):
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum)
+        return Lars(lars_groups(groups), lr=lr, momentum=momentum)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
     raise ConfigError(f"optimizer must be adamw, lars or sgd, got {name!r}")
@@ -203,11 +226,9 @@ class Trainer:
         if missing:
             raise CheckpointError(f"cannot resume from {path}: not a training checkpoint of this tool "
                                   f"(no {', '.join(missing)})")
-        try:
-            self.model.load_state_dict(ck["model"])
-        except RuntimeError as e:
-            raise CheckpointMismatchError(f"cannot resume from {path}: it holds another model "
-                                          f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from None
+        check_state_dict(ck["model"], self.model, source=str(path),
+                         header=f"cannot resume from {path}: it holds another model ({type(self.model).__name__})")
+        self.model.load_state_dict(ck["model"])
         try:
             self.optimizer.load_state_dict(ck["optimizer"])
         except (ValueError, KeyError) as e:
@@ -277,90 +298,37 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to ``epochs``; returns a summary (final loss, steps, wall time, lr, precision)."""
-        cfg, env, p = self.cfg, self.env, self.progress
+        cfg, p = self.cfg, self.progress
         t_start = self._t_fit = time.time()
         self._train_s0 = p.get("train_s", 0.0)
         epochs, ipe = cfg["epochs"], self.iters_per_epoch
         total = epochs * ipe
         bar = tqdm(total=total, initial=min(p["epoch"] * ipe + p["iter"], total), dynamic_ncols=True,
-                   disable=not (env.is_main and cfg["progress"]), desc=cfg["mode"], unit="it")
-        window_loss, window_n, window_t = 0.0, 0, time.time()
+                   disable=not (self.env.is_main and cfg["progress"]), desc=cfg["mode"], unit="it")
+        self._window = [0.0, 0, time.time()]  # loss sum, iterations, start time of the logging window
         while p["epoch"] < epochs:
-            epoch = p["epoch"]
-            self.sampler.set_epoch(epoch)
-            self.task.train_set.set_epoch(epoch)
-            start = p["iter"]
-            gen = torch.Generator().manual_seed(cfg["seed"] * 100_003 + epoch)
-            loader = DataLoader(self.task.train_set, batch_size=self.batch, drop_last=True,
-                                sampler=_SkipSampler(self.sampler, start * self.batch),
-                                num_workers=cfg["num_workers"], generator=gen,
-                                pin_memory=env.device.type == "cuda")
+            epoch, start = p["epoch"], p["iter"]
+            loader = self._epoch_loader(epoch, start)
             self.task.train_mode(self.model)
             batches = iter(loader)
             for it in range(start, ipe):
                 batch = self._to_device(next(batches))
                 self.local["skipped"] += int(batch.pop("skipped").sum()) if "skipped" in batch else 0
                 if it % self.accum == 0:
-                    lr = cosine_lr(epoch + it / ipe, epochs, cfg["warmup_epochs"], self.peak_lr, cfg["min_lr"])
-                    set_lr(self.optimizer, lr)
+                    set_lr(self.optimizer, cosine_lr(epoch + it / ipe, epochs, cfg["warmup_epochs"], self.peak_lr,
+                                                     cfg["min_lr"]))
                 sync = (it + 1) % self.accum == 0
-                ctx = self.ddp.no_sync() if (env.distributed and not sync) else contextlib.nullcontext()
-                with ctx:
-                    with self._autocast():
-                        loss = self.task.loss(self.ddp, batch)
-                    value = loss.item()
-                    bad = torch.tensor([0.0 if math.isfinite(value) else 1.0])
-                    if env.distributed:
-                        all_reduce_sum(bad)
-                    if bad.item() > 0:
-                        bar.close()
-                        where = self.last_checkpoint or "none written yet"
-                        raise TrainingDiverged(
-                            f"loss is {value if not math.isfinite(value) else 'non-finite on another rank'} at epoch "
-                            f"{epoch}, iteration {it} (optimizer step {p['step']}); stopped. Last good checkpoint: "
-                            f"{where}. Try a lower lr, warmup, clip_grad=1.0 or precision=fp32.")
-                    self.scaler.scale(loss / self.accum).backward()
-                window_loss += value
-                window_n += 1
-                self.local["loss_sum"] += value
-                self.local["loss_n"] += 1
+                self._forward_backward(batch, sync, epoch, it, bar)
                 bar.update(1)
                 if not sync:
                     continue
-                if cfg["clip_grad"] is not None:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), cfg["clip_grad"])
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                p["step"] += 1
+                self._optimizer_step()
                 p["iter"] = it + 1
                 if p["step"] % cfg["log_every"] == 0 or it + 1 == ipe:
-                    stats = all_reduce_sum(torch.tensor([window_loss, window_n], dtype=torch.float64))
-                    dt = time.time() - window_t
-                    rec = {"step": p["step"], "epoch": epoch + (it + 1) / ipe, "loss": stats[0].item() / stats[1].item(),
-                           "lr": self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0),
-                           "img_per_s": window_n * self.batch * env.world_size / max(dt, 1e-9), "time": time.time()}
-                    self._log(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
-                    window_loss, window_n, window_t = 0.0, 0, time.time()
+                    self._log_window(epoch + (it + 1) / ipe, bar)
                 if cfg["save_every_steps"] and p["step"] % cfg["save_every_steps"] == 0 and it + 1 < ipe:
                     self.save()
-            stats = all_reduce_sum(torch.tensor([self.local["loss_sum"], self.local["loss_n"]], dtype=torch.float64))
-            self.local.update(loss_sum=0.0, loss_n=0)
-            p.update(epoch=epoch + 1, iter=0, last_epoch_loss=stats[0].item() / max(stats[1].item(), 1))
-            rec = {"step": p["step"], "epoch": epoch + 1, "epoch_loss": p["last_epoch_loss"]}
-            skipped = int(all_reduce_sum(torch.tensor([self.local["skipped"]])).item())
-            if skipped:
-                rec["skipped_images"] = skipped
-                logger.warning("%d unusable images skipped so far", skipped)
-            if cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0 and epoch + 1 < epochs \
-                    and hasattr(self.task, "evaluate"):
-                rec.update({f"val_{k}": v for k, v in self.task.evaluate(self.model).items()})
-                self.task.train_mode(self.model)
-            self._log(rec)
-            if cfg["save_every_epochs"] and (epoch + 1) % cfg["save_every_epochs"] == 0 and epoch + 1 < epochs:
-                self.save()
+            self._end_epoch(epoch)
         bar.close()
         self.save(final=True)
         if self._writer is not None:
@@ -368,8 +336,84 @@ class Trainer:
         return {"final_loss": p["last_epoch_loss"], "steps": p["step"], "epochs": p["epoch"],
                 "train_wall_s": time.time() - t_start, "train_wall_s_total": p["train_s"], "lr": self.peak_lr,
                 "effective_batch": self.eff_batch,
-                "precision": self.precision, "world_size": env.world_size,
+                "precision": self.precision, "world_size": self.env.world_size,
                 "skipped_images": int(all_reduce_sum(torch.tensor([self.local["skipped"]])).item())}
+
+    def _epoch_loader(self, epoch: int, start: int) -> DataLoader:
+        """This epoch's batches from iteration ``start`` on (the sampler's order, resumable mid-epoch)."""
+        self.sampler.set_epoch(epoch)
+        self.task.train_set.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(self.cfg["seed"] * 100_003 + epoch)
+        return DataLoader(self.task.train_set, batch_size=self.batch, drop_last=True,
+                          sampler=_SkipSampler(self.sampler, start * self.batch), num_workers=self.cfg["num_workers"],
+                          generator=gen, pin_memory=self.env.device.type == "cuda")
+
+    def _forward_backward(self, batch: dict, sync: bool, epoch: int, it: int, bar):
+        """Loss and backward of one batch (gradients kept local until ``sync``); a non-finite loss on
+        any rank raises :class:`TrainingDiverged`."""
+        env = self.env
+        ctx = self.ddp.no_sync() if (env.distributed and not sync) else contextlib.nullcontext()
+        with ctx:
+            with self._autocast():
+                loss = self.task.loss(self.ddp, batch)
+            value = loss.item()
+            bad = torch.tensor([0.0 if math.isfinite(value) else 1.0])
+            if env.distributed:
+                all_reduce_sum(bad)
+            if bad.item() > 0:
+                bar.close()
+                where = self.last_checkpoint or "none written yet"
+                raise TrainingDiverged(
+                    f"loss is {value if not math.isfinite(value) else 'non-finite on another rank'} at epoch "
+                    f"{epoch}, iteration {it} (optimizer step {self.progress['step']}); stopped. Last good "
+                    f"checkpoint: {where}. Try a lower lr, warmup, clip_grad=1.0 or precision=fp32.")
+            self.scaler.scale(loss / self.accum).backward()
+        self._window[0] += value
+        self._window[1] += 1
+        self.local["loss_sum"] += value
+        self.local["loss_n"] += 1
+
+    def _optimizer_step(self):
+        """Gradient clipping (``clip_grad``), the (scaled) optimizer step, zeroed gradients."""
+        if self.cfg["clip_grad"] is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["clip_grad"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress["step"] += 1
+
+    def _log_window(self, epoch: float, bar):
+        """Log the mean loss over all ranks, the lr and the speed since the last record; start a new window."""
+        loss_sum, n, t0 = self._window
+        stats = all_reduce_sum(torch.tensor([loss_sum, n], dtype=torch.float64))
+        dt = time.time() - t0
+        g = self.optimizer.param_groups[0]
+        rec = {"step": self.progress["step"], "epoch": epoch, "loss": stats[0].item() / stats[1].item(),
+               "lr": g["lr"] / g.get("lr_scale", 1.0),
+               "img_per_s": n * self.batch * self.env.world_size / max(dt, 1e-9), "time": time.time()}
+        self._log(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+        self._window = [0.0, 0, time.time()]
+
+    def _end_epoch(self, epoch: int):
+        """The epoch's mean loss, skipped images, periodic evaluation and checkpoint."""
+        cfg, p, epochs = self.cfg, self.progress, self.cfg["epochs"]
+        stats = all_reduce_sum(torch.tensor([self.local["loss_sum"], self.local["loss_n"]], dtype=torch.float64))
+        self.local.update(loss_sum=0.0, loss_n=0)
+        p.update(epoch=epoch + 1, iter=0, last_epoch_loss=stats[0].item() / max(stats[1].item(), 1))
+        rec = {"step": p["step"], "epoch": epoch + 1, "epoch_loss": p["last_epoch_loss"]}
+        skipped = int(all_reduce_sum(torch.tensor([self.local["skipped"]])).item())
+        if skipped:
+            rec["skipped_images"] = skipped
+            logger.warning("%d unusable images skipped so far", skipped)
+        if cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0 and epoch + 1 < epochs \
+                and hasattr(self.task, "evaluate"):
+            rec.update({f"val_{k}": v for k, v in self.task.evaluate(self.model).items()})
+            self.task.train_mode(self.model)
+        self._log(rec)
+        if cfg["save_every_epochs"] and (epoch + 1) % cfg["save_every_epochs"] == 0 and epoch + 1 < epochs:
+            self.save()
 
     def close(self):
         if self._writer is not None:

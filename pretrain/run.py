@@ -23,21 +23,22 @@ tensorboard/, and loss.png + reconstruction.png (pretraining) or top-1 in metric
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
+if __package__ in (None, ""):  # run as a script: import the repository's folder as the package `pretrain`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import pretrain  # noqa: F401
+    __package__ = "pretrain"
 
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
+from mae_transfer.common import write_json  # noqa: E402
 from mae_transfer.data.datasets import DataError  # noqa: E402
-from pretrain import sweep  # noqa: E402
-from pretrain.config import DEFAULT_CONFIG, FIELDS, MODES, ConfigError, load_config, parse_overrides, resolve  # noqa: E402
-from pretrain.sweep import split_args  # noqa: E402
+from . import sweep  # noqa: E402
+from .config import DEFAULT_CONFIG, FIELDS, MODES, ConfigError, load_config, parse_overrides, resolve  # noqa: E402
+from .sweep import split_args  # noqa: E402
 
 logger = logging.getLogger("pretrain")
 
@@ -77,15 +78,9 @@ def _setup_logging(out: Path | None, is_main: bool):
         root.addHandler(fh)
 
 
-def _write_json(obj, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run_mode(cfg: dict, env) -> dict:
     """Train and evaluate one mode into ``cfg['out']``; returns the metrics written to metrics.json."""
-    from pretrain.engine import Trainer, TrainingDiverged
+    from .engine import Trainer, TrainingDiverged
 
     out = Path(cfg["out"])
     if out.exists() and not out.is_dir():
@@ -94,15 +89,15 @@ def run_mode(cfg: dict, env) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".checkpoint-*.tmp"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
-        _write_json(cfg, out / "config.json")
+        write_json(cfg, out / "config.json")
     _setup_logging(out, env.is_main)
     logger.info("output directory: %s", out.resolve())
     t0 = time.time()
     if cfg["mode"] == "pretrain":
-        from pretrain.mae_task import MAETask
+        from .mae_task import MAETask
         task = MAETask(cfg, env)
     else:
-        from pretrain.classify import ClassifyTask
+        from .classify import ClassifyTask
         task = ClassifyTask(cfg, env)
     trainer = Trainer(cfg, task, env, out, checkpoint_extra={"model_kwargs": task.model_kwargs})
     trainer.maybe_resume()
@@ -113,7 +108,7 @@ def run_mode(cfg: dict, env) -> dict:
         summary = trainer.fit()
     except TrainingDiverged as e:
         if env.is_main:
-            _write_json({"mode": cfg["mode"], "status": "diverged", "error": str(e), "wall_s": time.time() - t0},
+            write_json({"mode": cfg["mode"], "status": "diverged", "error": str(e), "wall_s": time.time() - t0},
                         out / "metrics.json")
         raise
     finally:
@@ -128,7 +123,7 @@ def run_mode(cfg: dict, env) -> dict:
     else:
         metrics["mask_ratio"] = cfg["mask_ratio"]
     if env.is_main:
-        _write_json(metrics, out / "metrics.json")
+        write_json(metrics, out / "metrics.json")
         shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
                  if k in ("top1", "top5", "final_loss", "val_loss", "wall_s")}
         logger.info("done: %s", shown)
@@ -143,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, (d, t, h) in FIELDS.items():
             print(f"{k:20s} {t.__name__:6s} default {d!r:24s} {h}")
         return 0
-    from pretrain.distributed import all_gather_objects, init_distributed, shutdown
-    from pretrain.engine import TrainingDiverged
+    from .distributed import all_gather_objects, init_distributed, shutdown
+    from .engine import TrainingDiverged
     try:
         file_cfg = load_config(args.config or DEFAULT_CONFIG)
         sweeping = "sweep" in (args.mode, file_cfg.get("mode")) or "mode=sweep" in args.overrides

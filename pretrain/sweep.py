@@ -31,6 +31,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from mae_transfer.common import atomic_write, write_json
 from mae_transfer.data.transforms import AUGMENTS
 from mae_transfer.models.vit import VIT_PRESETS
 
@@ -193,7 +194,7 @@ def _variant(file_cfg, flags, overrides, name: str, changes: dict, out: Path) ->
 
 def run_step(cfg: dict, env) -> dict:
     """``run_mode(cfg)``, or the metrics of an earlier run of the same config that ended ok."""
-    from pretrain.run import run_mode
+    from .run import run_mode
 
     out = Path(cfg["out"])
     done, conf = out / "metrics.json", out / "config.json"
@@ -254,13 +255,9 @@ def table_rows(axes: list[Axis], names: list[list[str]], variants: dict, results
 
 
 # ---- outputs ---------------------------------------------------------------------------------------
-def write_atomic(path: Path, write):
-    """``write(tmp_path)``, then fsync and rename onto ``path``: readers never see half a file."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_text(path: Path, text: str):
+    """``text`` into ``path`` through the shared atomic write: readers never see half a file."""
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def write_csv(path: Path, rows: list[dict]):
@@ -271,7 +268,7 @@ def write_csv(path: Path, rows: list[dict]):
     w = csv.DictWriter(buf, fieldnames=columns)
     w.writeheader()
     w.writerows(rows)
-    write_atomic(path, lambda p: p.write_text(buf.getvalue()))
+    _write_text(path, buf.getvalue())
 
 
 def _fmt(value) -> str:
@@ -317,10 +314,10 @@ def write_pretraining_outputs(out: Path, axes: list[Axis], rows: list[dict], bas
     failed = [f"- {r['variant']}: {r['error']}" for r in unique if r["status"] != "ok"]
     body = [line for a in axes for line in axis_markdown(a, rows)]
     text = "\n".join(head + body + (["Failed variants:", *failed, ""] if failed else []))
-    write_atomic(out / "sweep.md", lambda p: p.write_text(text))
+    _write_text(out / "sweep.md", text)
     panels = [_panel(a, rows) for a in axes]
-    write_atomic(out / "sweep.png", lambda p: save_ablation_plot(panels, p, f"{base['model']}: ablations"))
-    write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps({"mode": "sweep", "rows": rows}, indent=2)))
+    save_ablation_plot(panels, out / "sweep.png", f"{base['model']}: ablations")
+    write_json({"mode": "sweep", "rows": rows}, out / "metrics.json", indent=2)
     print(f"sweep: wrote {out / 'sweep.csv'}, {out / 'sweep.md'} and {out / 'sweep.png'}", flush=True)
 
 
@@ -339,7 +336,7 @@ def report_failures(out: Path, rows: list[dict], env) -> int:
     if env.is_main:
         text = "".join(f"{name}: {err}\n" for name, err in failed.items())
         if failed:
-            write_atomic(out / "failed.txt", lambda p: p.write_text(text))
+            _write_text(out / "failed.txt", text)
         elif (out / "failed.txt").exists():
             (out / "failed.txt").unlink()
         for name, err in failed.items():
@@ -407,8 +404,7 @@ def write_blocks_outputs(out: Path, rows: list[dict], ks: list[int], base: dict,
     lines += [f"| {n} | " + " | ".join(_fmt(v) for v in top1[n]) + " |" for n in names]
     failed = [f"- {r['variant']}: {r['error']}" for r in rows if r["status"] != "ok"]
     text = "\n".join(lines + (["", "Failed runs:", *failed] if failed else []) + [""])
-    write_atomic(out / "sweep.md", lambda p: p.write_text(text))
-    write_atomic(out / "sweep.png", lambda p: save_partial_finetune_plot(ks, top1, p, depth,
-                                                                        f"partial fine-tuning ({base['model']})"))
-    write_atomic(out / "metrics.json", lambda p: p.write_text(json.dumps({"mode": "sweep", "rows": rows}, indent=2)))
+    _write_text(out / "sweep.md", text)
+    save_partial_finetune_plot(ks, top1, out / "sweep.png", depth, f"partial fine-tuning ({base['model']})")
+    write_json({"mode": "sweep", "rows": rows}, out / "metrics.json", indent=2)
     print(f"sweep: wrote {out / 'sweep.csv'}, {out / 'sweep.md'} and {out / 'sweep.png'}", flush=True)

@@ -1,4 +1,5 @@
-"""``MAEViT``: the mae_transfer ViT as an MMSegmentation backbone (MAE / BEiT ADE20K recipe).
+"""``PlainViTBackbone``: the plain (non-hierarchical) mae_transfer ViT as an MMSegmentation backbone, as in
+the MAE / BEiT ADE20K recipe; the pretraining method of its weights does not matter to it.
 
 The encoder is :class:`mae_transfer.models.vit.VisionTransformer` itself, kept as ``self.vit`` so
 checkpoints written by mmseg's Runner name it ``backbone.vit.blocks.0...``, which the core loader reads
@@ -19,11 +20,14 @@ from mae_transfer.checkpoint import load_pretrained
 from mae_transfer.models.vit import VIT_PRESETS, VisionTransformer
 from mmseg.registry import MODELS
 
-__all__ = ["MAEViT"]
+__all__ = ["PlainViTBackbone"]
 
 
+# "MAEViT" is this backbone's former registry name: configs saved by earlier runs (the copy mmseg's
+# Runner writes into every work dir) name it, and still build.
+@MODELS.register_module(name="MAEViT")
 @MODELS.register_module()
-class MAEViT(BaseModule):
+class PlainViTBackbone(BaseModule):
     """ViT encoder returning the outputs of several blocks as feature maps.
 
     Args:
@@ -61,11 +65,11 @@ class MAEViT(BaseModule):
                  pad_to_patch: bool = True, init_cfg: dict | None = None):
         super().__init__(init_cfg=None)
         if init_cfg is not None:
-            raise ValueError("MAEViT: load weights with pretrained=FILE (or tools/train_seg.py --weights), "
+            raise ValueError("PlainViTBackbone: load weights with pretrained=FILE (or tools/train_seg.py --weights), "
                              "not init_cfg, so that mismatching keys are reported")
         if isinstance(arch, str):
             if arch not in VIT_PRESETS:
-                raise KeyError(f"MAEViT: unknown arch {arch!r}; known: {', '.join(VIT_PRESETS)}")
+                raise KeyError(f"PlainViTBackbone: unknown arch {arch!r}; known: {', '.join(VIT_PRESETS)}")
             sizes = {k: v for k, v in VIT_PRESETS[arch].items() if k != "img_size"}
         else:
             sizes = dict(arch)
@@ -73,7 +77,7 @@ class MAEViT(BaseModule):
         out_indices = [int(i) for i in out_indices]
         bad = [i for i in out_indices if not -depth <= i < depth]
         if bad or not out_indices:
-            raise ValueError(f"MAEViT: out_indices {out_indices} must be non-empty block indices of a "
+            raise ValueError(f"PlainViTBackbone: out_indices {out_indices} must be non-empty block indices of a "
                              f"{depth}-block ViT")
         self.out_indices = [i % depth for i in out_indices]
         self.arch = arch
@@ -91,7 +95,7 @@ class MAEViT(BaseModule):
         """Random init happened in the constructor; here the ``pretrained`` checkpoint is loaded."""
         if self.pretrained:
             report = load_pretrained(self.vit, self.pretrained, log=False)
-            print_log(f"MAEViT: {report}", logger="current")
+            print_log(f"PlainViTBackbone: {report}", logger="current")
         self._is_init = True
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -75,6 +75,51 @@ def _list(folder: Path, suffix: str) -> dict[str, Path]:
     return {str(p.relative_to(folder))[: -len(suffix)]: p for p in folder.rglob(f"*{suffix}") if p.is_file()}
 
 
+def _check_pair(lbl_path: Path, img_path: Path, num_classes: int, reduce_zero_label: bool,
+                ignore_index: int) -> tuple[str | None, np.ndarray | None]:
+    """``(problem, None)`` for a bad image / label pair, else ``(None, label map)``: both readable, the
+    label one channel of class ids, of the image's size, with ids in range."""
+    try:
+        with Image.open(lbl_path) as im:
+            mode, lbl_size = im.mode, im.size
+            label = np.asarray(im)
+        with Image.open(img_path) as im:
+            img_size = im.size
+    except (OSError, ValueError) as e:
+        return f"{lbl_path} / {img_path}: unreadable ({e})", None
+    if mode not in _LABEL_MODES:
+        return (f"{lbl_path}: label map has mode {mode} ({label.shape}), expected one channel "
+                f"of class ids (mode L or P)"), None
+    if lbl_size != img_size:
+        return (f"{lbl_path}: label size {lbl_size[0]}x{lbl_size[1]} != image {img_path} size "
+                f"{img_size[0]}x{img_size[1]} (WxH)"), None
+    why = label_problems(label, num_classes, reduce_zero_label, ignore_index)
+    return (f"{lbl_path}: {why}", None) if why else (None, label)
+
+
+def _list_pairs(img_dir: Path, ann_dir: Path, img_suffix: str, seg_map_suffix: str, report) -> list[tuple]:
+    """``(name, image, label)`` of the names with both files; an image or label alone is a problem."""
+    for d, what in ((img_dir, "image"), (ann_dir, "annotation")):
+        if not d.is_dir():
+            raise SegDataError(f"{what} folder {d} does not exist (expected the ADE20K layout "
+                               f"DATA_ROOT/images/<split>, DATA_ROOT/annotations/<split>)")
+    images, labels = _list(img_dir, img_suffix), _list(ann_dir, seg_map_suffix)
+    if not images:
+        raise SegDataError(f"no '*{img_suffix}' images in {img_dir}")
+    report.problems += [f"{images[n]}: no label map {ann_dir / (n + seg_map_suffix)}" for n in sorted(images)
+                        if n not in labels]
+    report.problems += [f"{labels[n]}: no image {img_dir / (n + img_suffix)}" for n in sorted(labels)
+                        if n not in images]
+    return [(n, images[n], labels[n]) for n in sorted(n for n in images if n in labels)]
+
+
+def _raise_on_problems(problems: list[str], img_dir: Path):
+    raise SegDataError(f"{len(problems)} bad image/label pair(s) under {img_dir.parent.parent}:\n  "
+                       + "\n  ".join(problems[:10])
+                       + ("\n  ..." if len(problems) > 10 else "")
+                       + "\n(fix them, or pass --skip-bad-data to leave them out)")
+
+
 def validate_seg_folder(img_dir: str | os.PathLike, ann_dir: str | os.PathLike, num_classes: int,
                         reduce_zero_label: bool, img_suffix: str = ".jpg", seg_map_suffix: str = ".png",
                         ignore_index: int = 255, check: str = "full", on_bad: str = "error") -> SplitReport:
@@ -88,42 +133,13 @@ def validate_seg_folder(img_dir: str | os.PathLike, ann_dir: str | os.PathLike, 
         raise ValueError(f"validate_seg_folder: check must be pairs|full and on_bad error|skip, "
                          f"got {check!r}, {on_bad!r}")
     img_dir, ann_dir = Path(img_dir), Path(ann_dir)
-    for d, what in ((img_dir, "image"), (ann_dir, "annotation")):
-        if not d.is_dir():
-            raise SegDataError(f"{what} folder {d} does not exist (expected the ADE20K layout "
-                               f"DATA_ROOT/images/<split>, DATA_ROOT/annotations/<split>)")
-    images, labels = _list(img_dir, img_suffix), _list(ann_dir, seg_map_suffix)
-    if not images:
-        raise SegDataError(f"no '*{img_suffix}' images in {img_dir}")
     report = SplitReport(str(img_dir))
-    problems = report.problems
-    problems += [f"{images[n]}: no label map {ann_dir / (n + seg_map_suffix)}" for n in sorted(images)
-                 if n not in labels]
-    problems += [f"{labels[n]}: no image {img_dir / (n + img_suffix)}" for n in sorted(labels) if n not in images]
     zero_example = None
-    for name in sorted(n for n in images if n in labels):
+    for name, img_path, lbl_path in _list_pairs(img_dir, ann_dir, img_suffix, seg_map_suffix, report):
         if check == "full":
-            lbl_path, img_path = labels[name], images[name]
-            try:
-                with Image.open(lbl_path) as im:
-                    mode, lbl_size = im.mode, im.size
-                    label = np.asarray(im)
-                with Image.open(img_path) as im:
-                    img_size = im.size
-            except (OSError, ValueError) as e:
-                problems.append(f"{lbl_path} / {img_path}: unreadable ({e})")
-                continue
-            if mode not in _LABEL_MODES:
-                problems.append(f"{lbl_path}: label map has mode {mode} ({label.shape}), expected one channel "
-                                f"of class ids (mode L or P)")
-                continue
-            if lbl_size != img_size:
-                problems.append(f"{lbl_path}: label size {lbl_size[0]}x{lbl_size[1]} != image {img_path} size "
-                                f"{img_size[0]}x{img_size[1]} (WxH)")
-                continue
-            why = label_problems(label, num_classes, reduce_zero_label, ignore_index)
-            if why:
-                problems.append(f"{lbl_path}: {why}")
+            problem, label = _check_pair(lbl_path, img_path, num_classes, reduce_zero_label, ignore_index)
+            if problem:
+                report.problems.append(problem)
                 continue
             valid = label[label != ignore_index]
             if valid.size:
@@ -136,11 +152,8 @@ def validate_seg_folder(img_dir: str | os.PathLike, ann_dir: str | os.PathLike, 
             f"{ann_dir}: reduce_zero_label=True, but no label map reaches id {num_classes} while id 0 is used "
             f"(e.g. {zero_example}): the ids look 0-based, and reduction would ignore class 0. Set "
             f"reduce_zero_label=False (or num_classes={report.max_label}).")
-    if problems and on_bad == "error":
-        raise SegDataError(f"{len(problems)} bad image/label pair(s) under {img_dir.parent.parent}:\n  "
-                           + "\n  ".join(problems[:10])
-                           + ("\n  ..." if len(problems) > 10 else "")
-                           + "\n(fix them, or pass --skip-bad-data to leave them out)")
+    if report.problems and on_bad == "error":
+        _raise_on_problems(report.problems, img_dir)
     return report
 
 

@@ -14,6 +14,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor
 
+from mae_transfer.common import ConfigError, encoder_depth
 from mae_transfer.optim import param_groups
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
@@ -26,7 +27,7 @@ class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
 
     ``paramwise_cfg`` keys:
         layer_decay (float, required): decay per layer (0.65 for the MAE ADE20K recipe).
-        num_layers (int, optional): encoder depth; default ``model.backbone.vit.depth``.
+        depth (int, optional): encoder depth; default the ``depth`` of the module ``encoder_prefix`` names.
         encoder_prefix (str, optional): parameter-name prefix of the encoder, default ``"backbone.vit."``.
         head_lr_mult (float, optional): extra lr factor for everything outside the encoder (neck and heads),
             default 1 (the published recipes). Short schedules need it: mmcv initialises the heads' convs
@@ -39,22 +40,20 @@ class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
 
     def add_params(self, params: list, module: nn.Module, **kwargs):
         cfg = dict(self.paramwise_cfg)
-        unknown = set(cfg) - {"layer_decay", "num_layers", "encoder_prefix", "head_lr_mult"}
+        unknown = set(cfg) - {"layer_decay", "depth", "encoder_prefix", "head_lr_mult"}
         if "layer_decay" not in cfg or unknown:
-            raise ValueError(f"ViTLayerDecayOptimizerConstructor: paramwise_cfg needs 'layer_decay' and accepts "
-                             f"only layer_decay, num_layers, encoder_prefix, head_lr_mult; got {sorted(cfg)}")
+            raise ConfigError(f"ViTLayerDecayOptimizerConstructor: paramwise_cfg needs 'layer_decay' and accepts "
+                              f"only layer_decay, depth, encoder_prefix, head_lr_mult; got {sorted(cfg)}")
         if is_model_wrapper(module):
             module = module.module
         prefix = cfg.get("encoder_prefix", "backbone.vit.")
-        depth = cfg.get("num_layers")
+        depth = cfg.get("depth")
         if depth is None:
-            enc = module
-            for part in prefix.rstrip(".").split("."):
-                enc = getattr(enc, part, None)
-                if enc is None:
-                    raise ValueError(f"ViTLayerDecayOptimizerConstructor: the model has no {prefix.rstrip('.')!r}; "
-                                     "set paramwise_cfg.encoder_prefix / num_layers")
-            depth = enc.depth
+            try:
+                depth = encoder_depth(module, prefix)
+            except ConfigError as e:
+                raise ConfigError(f"ViTLayerDecayOptimizerConstructor: {e}; set paramwise_cfg.encoder_prefix / "
+                                  "depth") from None
         groups = param_groups(module, weight_decay=self.base_wd or 0.0, layer_decay=cfg["layer_decay"],
                               depth=depth, encoder_prefix=prefix, head_lr_scale=float(cfg.get("head_lr_mult", 1.0)))
         for g in groups:

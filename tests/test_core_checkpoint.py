@@ -162,7 +162,7 @@ def test_convert_tool_roundtrip(tmp_path):
     import subprocess
     import sys
     torch.save({"model": official_mae_state_dict()}, tmp_path / "mae.pth")
-    for fmt in ("timm", "detectron2", "ours"):
+    for fmt in ("timm", "detectron2", "mmseg", "ours"):
         r = subprocess.run([sys.executable, "tools/convert.py", str(tmp_path / "mae.pth"), str(tmp_path / f"{fmt}.pth"),
                             "--to", fmt], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr

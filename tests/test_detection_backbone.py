@@ -110,9 +110,9 @@ def test_lr_factor_equals_vitdet_rule_and_reaches_param_groups():
                                           (2.0, 1.0), LastLevelMaxPoolOf("p4"))
     model.roi_heads = nn.Linear(4, 4)
     for name, _ in model.named_parameters():
-        assert vit_lr_factor(name, depth=4, decay=0.7) == pytest.approx(get_vit_lr_decay_rate(name, 0.7, 4)), name
+        assert vit_lr_factor(name, depth=4, layer_decay=0.7) == pytest.approx(get_vit_lr_decay_rate(name, 0.7, 4)), name
     groups = get_default_optimizer_params(model, base_lr=1e-4, weight_decay=0.1, weight_decay_norm=0.0,
-                                          lr_factor_func=partial(vit_lr_factor, depth=4, decay=0.7))
+                                          lr_factor_func=partial(vit_lr_factor, depth=4, layer_decay=0.7))
     lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     named = dict(model.named_parameters())
     assert lr_of[id(named["backbone.net.patch_embed.proj.weight"])] == pytest.approx(1e-4 * 0.7 ** 5)

@@ -12,7 +12,7 @@ from detectron2.config import instantiate  # noqa: E402
 from detectron2.modeling.backbone.vit import ViT  # noqa: E402
 
 from detection.backbone import MultiLevelViT, ViTDetBackbone  # noqa: E402
-from detection.lazy import CONFIG_DIR, ConfigError, load_config, resolve_config  # noqa: E402
+from detection.config import CONFIG_DIR, ConfigError, load_config, resolve_config  # noqa: E402
 
 # Mask R-CNN parameter counts in millions (ViTDet paper Table: B 111M, L 331M, H 662M; the multi-level
 # FPN adds 3 transposed convs of 768^2 x 4 and FPN laterals).
@@ -65,7 +65,7 @@ def test_full_recipes_carry_the_vitdet_numbers():
         assert (net.drop_path_rate, tuple(net.global_blocks), net.window_size) == (dp, glob, 14)
         assert (cfg.optimizer.lr, cfg.optimizer.weight_decay) == (1e-4, 0.1)
         f = cfg.optimizer.params.lr_factor_func
-        assert (f.keywords["decay"], f.keywords["depth"]) == (decay, depth)
+        assert (f.keywords["layer_decay"], f.keywords["depth"]) == (decay, depth)
         assert cfg.dataloader.train.total_batch_size == 64 and cfg.train.amp.enabled
         jitter = cfg.dataloader.train.mapper.augmentations[1]
         assert (jitter.min_scale, jitter.max_scale, jitter.target_height) == (0.1, 2.0, 1024)

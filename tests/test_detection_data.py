@@ -20,7 +20,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from detection.checkpoint import load_weights  # noqa: E402
 from detection.data import CocoFormatError, register_coco_dataset, validate_coco_json  # noqa: E402
-from detection.lazy import load_config  # noqa: E402
+from detection.config import load_config  # noqa: E402
 from mae_transfer.checkpoint import CheckpointMismatchError, save_checkpoint  # noqa: E402
 from mae_transfer.models.mae import mae_from_preset  # noqa: E402
 
@@ -203,7 +203,7 @@ def test_detector_checkpoint_of_another_config_is_refused(tmp_path):
 
 
 def test_dataset_flags_rewire_the_config(tmp_path, coco):
-    from detection.lazy import setup_datasets
+    from detection.datasets import setup_datasets
 
     data, img_dir = coco
     (tmp_path / "masks.json").write_text(json.dumps(data))

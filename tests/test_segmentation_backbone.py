@@ -7,12 +7,12 @@ import pytest
 import torch
 from mmengine.config import ConfigDict
 
-import segmentation  # noqa: F401  (registers MAEViT, the constructor and the mmseg key converter)
+import segmentation  # noqa: F401  (registers PlainViTBackbone and the layer-decay constructor)
 from mae_transfer.checkpoint import CheckpointMismatchError, load_pretrained, save_checkpoint, to_mae_transfer_keys
 from mae_transfer.models.mae import mae_from_preset
 from mae_transfer.optim import lr_decay_scale
 from mmseg.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
-from segmentation import MAEViT
+from segmentation import PlainViTBackbone
 
 SMALL = dict(patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=4.0)
 
@@ -38,7 +38,7 @@ def test_feature_maps_equal_mmseg_mae_backbone(init_values):
         for layer in ref.layers:
             layer.gamma_1.data.fill_(1.0)
             layer.gamma_2.data.fill_(1.0)
-    ours = MAEViT(arch=SMALL, img_size=32, out_indices=(0, 1, 3), drop_path_rate=0.0, init_values=init_values).eval()
+    ours = PlainViTBackbone(arch=SMALL, img_size=32, out_indices=(0, 1, 3), drop_path_rate=0.0, init_values=init_values).eval()
     sd, fmt = to_mae_transfer_keys(ref.state_dict())
     assert fmt == "mmseg-vit"
     if init_values is None:
@@ -63,7 +63,7 @@ def test_beit_qv_bias_checkpoint_loads_and_matches():
         for name, p in ref.named_parameters():
             if name.endswith(("q_bias", "v_bias", "relative_position_bias_table")):
                 p.normal_(0, 0.3)
-    ours = MAEViT(arch=dict(SMALL, depth=2), img_size=32, out_indices=(1,), drop_path_rate=0.0, init_values=0.1,
+    ours = PlainViTBackbone(arch=dict(SMALL, depth=2), img_size=32, out_indices=(1,), drop_path_rate=0.0, init_values=0.1,
                   pos_embed="none").eval()
     report = load_pretrained(ours.vit, {"state_dict": {f"backbone.{k}": v for k, v in ref.state_dict().items()}},
                              log=False)
@@ -78,14 +78,14 @@ def test_mae_pretrain_checkpoint_loads_with_interpolated_positions(tmp_path):
     final norm dropped, pos_embed resampled, relative-position tables and layer scale left at init."""
     mae = mae_from_preset("mae_vit_micro_patch4")
     save_checkpoint({"model": mae.state_dict(), "config": {"preset": "mae_vit_micro_patch4"}}, tmp_path / "mae.pth")
-    bb = MAEViT(arch="vit_micro_patch4", img_size=64, out_indices=(1, 3), init_values=1.0,
+    bb = PlainViTBackbone(arch="vit_micro_patch4", img_size=64, out_indices=(1, 3), init_values=1.0,
                 pretrained=str(tmp_path / "mae.pth"))
     bb.init_weights()
     assert bb.vit.pos_embed.shape == (1, 1 + 16 * 16, 64)
     torch.testing.assert_close(bb.vit.blocks[2].mlp.fc1.weight, mae.blocks[2].mlp.fc1.weight)
     torch.testing.assert_close(bb.vit.pos_embed[:, :1], mae.pos_embed[:, :1])
     assert bb.vit.blocks[0].attn.relative_position_bias_table.abs().sum() == 0
-    report = load_pretrained(MAEViT(arch="vit_micro_patch4", img_size=64, out_indices=(3,)).vit, tmp_path / "mae.pth", log=False)
+    report = load_pretrained(PlainViTBackbone(arch="vit_micro_patch4", img_size=64, out_indices=(3,)).vit, tmp_path / "mae.pth", log=False)
     assert any(k.startswith("pos_embed") for k in report.resized)
     assert "decoder_embed.weight" in report.unexpected and "norm.weight" in report.unexpected
     assert all(re.search(r"relative_position_bias_table$", k) for k in report.missing)
@@ -93,25 +93,25 @@ def test_mae_pretrain_checkpoint_loads_with_interpolated_positions(tmp_path):
 
 def test_wrong_model_weights_raise_naming_the_keys(tmp_path):
     save_checkpoint({"model": mae_from_preset("mae_vit_mini_patch4").state_dict()}, tmp_path / "mini.pth")
-    bb = MAEViT(arch="vit_micro_patch4", img_size=32, out_indices=(3,), pretrained=str(tmp_path / "mini.pth"))
+    bb = PlainViTBackbone(arch="vit_micro_patch4", img_size=32, out_indices=(3,), pretrained=str(tmp_path / "mini.pth"))
     with pytest.raises(CheckpointMismatchError, match=r"mini\.pth.*\n.*(wrong shapes|unexpected)"):
         bb.init_weights()
 
 
 def test_any_input_size_and_bad_arguments():
-    bb = MAEViT(arch="vit_micro_patch4", img_size=32, out_indices=(0, 3)).eval()
+    bb = PlainViTBackbone(arch="vit_micro_patch4", img_size=32, out_indices=(0, 3)).eval()
     with torch.no_grad():
         out = bb(torch.randn(1, 3, 30, 45))  # padded to 32x48
     assert [o.shape for o in out] == [(1, 64, 8, 12)] * 2
     with pytest.raises(ValueError, match="out_indices"):
-        MAEViT(arch="vit_micro_patch4", out_indices=(4,))
+        PlainViTBackbone(arch="vit_micro_patch4", out_indices=(4,))
     with pytest.raises(KeyError, match="unknown arch"):
-        MAEViT(arch="vit_gigantic")
+        PlainViTBackbone(arch="vit_gigantic")
 
 
 def test_layer_decay_constructor_uses_core_scales():
     cfg = ConfigDict(type="EncoderDecoder",
-                     backbone=dict(type="MAEViT", arch="vit_micro_patch4", img_size=32, out_indices=(0, 1, 2, 3)),
+                     backbone=dict(type="PlainViTBackbone", arch="vit_micro_patch4", img_size=32, out_indices=(0, 1, 2, 3)),
                      neck=dict(type="Feature2Pyramid", embed_dim=64, rescales=[4, 2, 1, 0.5], norm_cfg=dict(type="BN")),
                      decode_head=dict(type="FCNHead", in_channels=64, in_index=2, channels=16, num_classes=3,
                                       norm_cfg=dict(type="BN")))
@@ -143,3 +143,30 @@ def test_layer_decay_constructor_uses_core_scales():
             type="ViTLayerDecayOptimizerConstructor",
             optim_wrapper_cfg=dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-3)),
             paramwise_cfg=dict(layer_decay=0.65, head_lr=10.0)))(model)
+
+
+def test_convert_to_mmseg_loads_into_mmseg_mae_backbone(tmp_path):
+    """`tools/convert.py --to mmseg` writes what mmseg's own MAE backbone loads by name, and it then
+    computes what our backbone computes with the original weights."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torch.manual_seed(2)
+    ours = PlainViTBackbone(arch=SMALL, img_size=32, out_indices=(0, 1, 3), drop_path_rate=0.0, init_values=1.0).eval()
+    with torch.no_grad():  # non-trivial layer scale and relative-position tables
+        for name, p in ours.vit.named_parameters():
+            if "relative_position_bias_table" in name or "gamma" in name:
+                p.normal_(1.0 if "gamma" in name else 0.0, 0.3)
+    save_checkpoint({"model": ours.vit.state_dict()}, tmp_path / "ours.pth")
+    r = subprocess.run([sys.executable, "tools/convert.py", str(tmp_path / "ours.pth"), str(tmp_path / "mmseg.pth"),
+                        "--to", "mmseg"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    ref = _mmseg_mae()
+    sd = torch.load(tmp_path / "mmseg.pth", weights_only=True)["state_dict"]
+    result = ref.load_state_dict(sd, strict=False)
+    assert result.unexpected_keys == [] and all(k.endswith("relative_position_index") for k in result.missing_keys)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for w, g in zip(ref(x), ours(x)):
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=0)

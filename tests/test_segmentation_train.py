@@ -60,11 +60,11 @@ def test_short_run_lowers_loss_and_reports_miou(trained, mae_ckpt):
     assert (trained / "summary.png").stat().st_size > 0
     # the trained weights, in our format, load back as an encoder (weights_only, our converter path)
     from mae_transfer.checkpoint import load_pretrained
-    from segmentation import MAEViT
-    bb = MAEViT(arch="vit_mini_patch4", img_size=64, out_indices=(5,), init_values=1.0)
+    from segmentation import PlainViTBackbone
+    bb = PlainViTBackbone(arch="vit_mini_patch4", img_size=64, out_indices=(5,), init_values=1.0)
     assert load_pretrained(bb.vit, trained / "weights.pth", log=False).format == "mmseg"
     log = next(trained.glob("*/*.log")).read_text()
-    assert "MAEViT: loaded" in log and "pos_embed (1, 65, 128)->(1, 257, 128)" in log
+    assert "PlainViTBackbone: loaded" in log and "pos_embed (1, 65, 128)->(1, 257, 128)" in log
 
 
 def test_saved_checkpoint_gives_the_same_predictions(trained, tmp_path):
@@ -110,13 +110,16 @@ def test_bad_labels_and_unknown_config(scenes, tmp_path, capsys):
 def test_skip_bad_data_logs_the_count(scenes, tmp_path):
     from mmengine.logging import MMLogger
 
+    from segmentation.config import prepare_config
+    from segmentation.data_check import check_data
+
     bad = tmp_path / "data"
     subprocess.run(["cp", "-r", str(scenes), str(bad)], check=True)
     os.remove(bad / "annotations" / "training" / "000005.png")
     args = train_seg.parse_args(["--config", "upernet_mae_mini_scenes", "--data-root", str(bad), "--work-dir",
                                  str(tmp_path / "w"), "--skip-bad-data"])
-    cfg, _ = train_seg.prepare_config(args)
-    summary = train_seg.check_data(cfg, "config", True, MMLogger.get_instance("test_skip"))
+    cfg, _ = prepare_config(args)
+    summary = check_data(cfg, "config", True, MMLogger.get_instance("test_skip"))
     assert summary["train"] == {"folder": str(bad / "images" / "training"), "pairs": 47, "skipped": 1}
     names = Path(cfg.train_dataloader.dataset.ann_file).read_text().split()
     assert len(names) == 47 and "000005" not in names

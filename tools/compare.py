@@ -230,17 +230,20 @@ def budget_line(name: str, m: dict) -> str:
             f"{seen:,} images seen, {m.get('train_wall_s', m.get('wall_s', 0)):.0f} s")
 
 
-def write_results(out: Path, results: dict, inits: list[str], tasks: list[str], seeds: list[int],
-                  failed: list[str], preset_name: str, wall_s: float, pretrained: dict | None = None) -> str:
-    """results[(init, task, seed)] = metrics dict or None. Writes results.csv, table.md, comparison.png."""
-    columns = [(t, key, title) for t in tasks for key, title in TASK_METRICS[t]]
-    with open(out / "results.csv", "w", newline="") as f:
+def _write_csv(path: Path, results: dict):
+    """One row per (init, task, metric, seed); empty values for failed cells."""
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["init", "task", "metric", "seed", "value", "wall_s"])
         for (init, task, seed), m in sorted(results.items()):
             for key, _ in TASK_METRICS[task]:
                 w.writerow([init, task, key, seed, "" if m is None else m.get(key, ""),
                             "" if m is None else m.get("wall_s", "")])
+
+
+def column_stats(results: dict, inits: list[str], columns: list[tuple[str, str, str]], seeds: list[int]):
+    """``(stats, best, decimals)``: per ``(init, "key@task")`` (mean, std, n) or None (all seeds failed),
+    per column the best mean, and the decimals each column is shown with."""
     stats: dict[tuple[str, str], tuple[float, float, int] | None] = {}
     for init in inits:
         for task, key, _ in columns:
@@ -253,6 +256,12 @@ def write_results(out: Path, results: dict, inits: list[str], tasks: list[str], 
         best[key + "@" + task] = max(ms) if ms else None
     # two decimals for columns of small numbers (AP of a short schedule), else one
     decimals = {c: 2 if b is not None and abs(b) < 10 else 1 for c, b in best.items()}
+    return stats, best, decimals
+
+
+def results_table(stats: dict, best: dict, decimals: dict, inits: list[str], columns: list[tuple[str, str, str]],
+                  seeds: list[int]) -> str:
+    """The markdown table: mean ± std per init and column (best in bold), and the MAE − scratch row."""
     lines = [f"| init | " + " | ".join(title for _, _, title in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for init in inits:
@@ -272,7 +281,12 @@ def write_results(out: Path, results: dict, inits: list[str], tasks: list[str], 
             a, b = stats[("mae", key + "@" + task)], stats[("scratch", key + "@" + task)]
             diffs.append(f"{a[0] - b[0]:+.2f}" if a and b else "n/a")
         lines += ["| *MAE − scratch* | " + " | ".join(diffs) + " |"]
-    table = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def _write_markdown(path: Path, table: str, seeds: list[int], failed: list[str], preset_name: str, wall_s: float,
+                    pretrained: dict | None):
+    """table.md: the table, the pretraining budgets, the failed cells and the published numbers."""
     md = [f"# MAE vs supervised vs scratch — preset `{preset_name}`", "",
           f"Mean ± std over seeds {', '.join(map(str, seeds))} (downstream seeds; each pretraining ran once, "
           f"seed 0). Best per column in bold. Total wall time {wall_s / 60:.1f} min.", "", table, ""]
@@ -284,7 +298,18 @@ def write_results(out: Path, results: dict, inits: list[str], tasks: list[str], 
            "absolute value to the small built-in data above)", "",
            "| benchmark | pretraining | ViT-B | ViT-L |", "|---|---|---|---|"]
     md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in PAPER]
-    (out / "table.md").write_text("\n".join(md) + "\n")
+    path.write_text("\n".join(md) + "\n")
+
+
+def write_results(out: Path, results: dict, inits: list[str], tasks: list[str], seeds: list[int],
+                  failed: list[str], preset_name: str, wall_s: float, pretrained: dict | None = None) -> str:
+    """results[(init, task, seed)] = metrics dict or None. Writes results.csv, table.md, comparison.png;
+    returns the table."""
+    columns = [(t, key, title) for t in tasks for key, title in TASK_METRICS[t]]
+    _write_csv(out / "results.csv", results)
+    stats, best, decimals = column_stats(results, inits, columns, seeds)
+    table = results_table(stats, best, decimals, inits, columns, seeds)
+    _write_markdown(out / "table.md", table, seeds, failed, preset_name, wall_s, pretrained)
     plot(out / "comparison.png", stats, inits, columns, decimals)
     return table
 
@@ -365,7 +390,7 @@ def transfer_figure(out: Path, inits: list[str], seed: int, score_thresh: float 
     return save_transfer_figure(out / "predictions.png", images, names, labels, boxes, rows)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     ap.add_argument("--out", default="output/compare")
@@ -381,27 +406,34 @@ def main(argv=None):
     ap.add_argument("--cell-timeout", type=float, default=None, help="seconds before a step counts as failed")
     ap.add_argument("--jobs", type=int, help="downstream cells run at once, each with cores / jobs threads "
                                              "(default: the preset's, demo 2, small 1); pretraining uses all")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def extra_inits(specs: list[str]) -> dict[str, str]:
+    """``--init NAME=CKPT`` values -> ``{NAME: CKPT}``."""
     extra = {}
-    for spec in args.init:
+    for spec in specs:
         if "=" not in spec:
             raise SystemExit(f"compare: --init expects NAME=CKPT, got {spec!r}")
         k, v = spec.split("=", 1)
         extra[k] = v
-    preset = {k: list(v) for k, v in PRESETS[args.preset].items()}
-    args.tasks = args.tasks or PRESET_TASKS[args.preset]
-    jobs = max(1, args.jobs or PRESET_JOBS[args.preset])
-    for spec in args.args:
+    return extra
+
+
+def preset_with_args(name: str, specs: list[str]) -> dict[str, list[str]]:
+    """The preset's arguments per step, with each ``--args STEP=ARGS`` appended to its step."""
+    preset = {k: list(v) for k, v in PRESETS[name].items()}
+    for spec in specs:
         step, _, extra_args = spec.partition("=")
         if step not in preset:
             raise SystemExit(f"compare: --args {spec!r}: unknown step {step!r}; use {', '.join(preset)}")
         preset[step] += shlex.split(extra_args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    runner = Runner(out, preset, args.cell_timeout)
-    weights = pretrain_inits(runner, args.inits, extra)
-    inits = [i for i in [*args.inits, *extra] if i in weights] + [i for i in args.inits if i not in weights]
-    cells = [Cell(i, t, s, out / "runs" / t / i / f"seed{s}") for s in args.seeds for t in args.tasks for i in inits]
+    return preset
+
+
+def run_cells(runner: Runner, cells: list, weights: dict[str, str], jobs: int) -> dict:
+    """Run the cells whose init has weights, ``jobs`` at a time (each with cores / jobs threads);
+    returns ``{(init, task, seed): metrics or None}``."""
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} if jobs > 1 else None
     results = {(c.init, c.task, c.seed): None for c in cells}
@@ -412,6 +444,22 @@ def main(argv=None):
         for f in as_completed(futures):
             c = futures[f]
             results[(c.init, c.task, c.seed)] = f.result()
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    extra = extra_inits(args.init)
+    preset = preset_with_args(args.preset, args.args)
+    args.tasks = args.tasks or PRESET_TASKS[args.preset]
+    jobs = max(1, args.jobs or PRESET_JOBS[args.preset])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = Runner(out, preset, args.cell_timeout)
+    weights = pretrain_inits(runner, args.inits, extra)
+    inits = [i for i in [*args.inits, *extra] if i in weights] + [i for i in args.inits if i not in weights]
+    cells = [Cell(i, t, s, out / "runs" / t / i / f"seed{s}") for s in args.seeds for t in args.tasks for i in inits]
+    results = run_cells(runner, cells, weights, jobs)
     (out / "failed.txt").write_text("\n".join(runner.failed) + ("\n" if runner.failed else ""))
     table = write_results(out, results, inits, args.tasks, args.seeds, runner.failed, args.preset,
                           time.time() - runner.t0, runner.pretrained)

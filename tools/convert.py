@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Convert a ViT / MAE checkpoint between formats.
 
-    python tools/convert.py IN.pth OUT.pth [--to ours|timm|detectron2] [--keep-decoder]
+    python tools/convert.py IN.pth OUT.pth [--to ours|timm|detectron2|mmseg] [--keep-decoder]
 
 IN may be any format mae_transfer.checkpoint reads (ours, official MAE, timm/DeiT, our Detectron2 or
-MMSegmentation adapters' checkpoints). Output formats:
+MMSegmentation adapters' checkpoints, MMSegmentation / MMPretrain ViT backbones). Output formats:
   ours        {"model": encoder state dict [+ MAE decoder with --keep-decoder], "source": IN, "format": ...}
   timm        a plain timm VisionTransformer state dict (encoder only)
   detectron2  {"model": {"backbone.net.<key>": ...}} for the ViTDet backbone (encoder only)
+  mmseg       {"state_dict": ...} in MMSegmentation's own ViT / MAE backbone names (layers.i.ln1, ...;
+              encoder only), for its backbone's init_cfg=dict(type="Pretrained", checkpoint=OUT)
 Everything is read with torch.load(weights_only=True).
 """
 
@@ -16,11 +18,21 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mae_transfer.checkpoint import (MAE_DECODER_KEYS, CheckpointError, extract_state_dict, load_file,
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mae_transfer.checkpoint import (MAE_DECODER_KEYS, CheckpointError, extract_state_dict, load_file,  # noqa: E402
                                      save_checkpoint, to_mae_transfer_keys)
+from mae_transfer.checkpoint_keys import to_mmseg_keys  # noqa: E402
+
+FORMATS = ("ours", "timm", "detectron2", "mmseg")
 
 
 def convert(src: str, dst: str, to: str = "ours", keep_decoder: bool = False) -> dict:
+    """Write ``src`` (any readable format) to ``dst`` in format ``to`` (one of :data:`FORMATS`); the MAE
+    decoder is kept only for ``to="ours"`` with ``keep_decoder``. Returns ``{from, to, tensors}``."""
     sd, fmt = to_mae_transfer_keys(extract_state_dict(load_file(src), src))
     if fmt == "unknown":
         raise CheckpointError(f"{src}: no ViT keys found (expected e.g. blocks.0.attn.qkv.weight)")
@@ -32,6 +44,8 @@ def convert(src: str, dst: str, to: str = "ours", keep_decoder: bool = False) ->
         out = sd
     elif to == "detectron2":
         out = {"model": {f"backbone.net.{k}": v for k, v in sd.items()}}
+    elif to == "mmseg":
+        out = {"state_dict": to_mmseg_keys(sd)}
     else:
         raise ValueError(f"unknown output format {to!r}")
     save_checkpoint(out, dst)
@@ -42,7 +56,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("src")
     ap.add_argument("dst")
-    ap.add_argument("--to", default="ours", choices=["ours", "timm", "detectron2"])
+    ap.add_argument("--to", default="ours", choices=FORMATS)
     ap.add_argument("--keep-decoder", action="store_true", help="keep MAE decoder weights (format 'ours' only)")
     args = ap.parse_args(argv)
     try:

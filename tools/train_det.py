@@ -32,7 +32,8 @@ from detection.checkpoint import SafeDetectionCheckpointer, load_weights  # noqa
 from detection.data import CocoFormatError  # noqa: E402
 from detection.engine import (build_model, do_test, do_train, flat_metrics, resolve_weights,  # noqa: E402
                               save_prediction_figure, save_predictions, write_metrics)
-from detection.lazy import ConfigError, load_config, resolve_config, setup_datasets  # noqa: E402
+from detection.config import ConfigError, load_config, resolve_config  # noqa: E402
+from detection.datasets import setup_datasets  # noqa: E402
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Mask R-CNN with the MAE paper's multi-level ViT-B + FPN on COCO (MAE paper, Sec. 5 and Appendix A.3;
 following Li et al. 2021, "Benchmarking Detection Transfer Learning with Vision Transformers").
-Expected (MAE paper Table 4 / DESIGN.md): 50.3 AP box / 44.9 AP mask.
+Expected (MAE paper Table 4): 50.3 AP box / 44.9 AP mask.
 
 The ViT's 12 blocks are split into 4 subsets; the last block of each (2, 5, 8, 11) feeds strides 4 / 8 /
 16 / 32 through two deconvs / one deconv / identity / max-pool, then a standard FPN (+ max-pooled p6).

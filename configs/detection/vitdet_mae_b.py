@@ -2,7 +2,7 @@
 
 The recipe of detectron2's projects/ViTDet/configs/COCO/mask_rcnn_vitdet_b_100ep.py (Li et al. 2022,
 "Exploring Plain Vision Transformer Backbones for Object Detection"), with mae_transfer's ViT as the
-backbone. Expected (ViTDet paper, Table 5 / DESIGN.md): 51.6 AP box / 45.9 AP mask.
+backbone. Expected (ViTDet paper, Table 5): 51.6 AP box / 45.9 AP mask.
 
     python tools/train_det.py --config vitdet_mae_b --weights mae_pretrain_vit_base.pth --num-gpus 8
 """
@@ -15,7 +15,7 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detection.backbone import ViTDetBackbone
-from detection.lazy import lsj_dataloader
+from detection.loaders import lsj_dataloader
 from detection.lr_decay import vit_lr_factor
 
 # Mask R-CNN as ViTDet: simple feature pyramid (scales 4, 2, 1, 1/2 of stride 16 + max-pooled p6, LN,
@@ -65,5 +65,5 @@ lr_multiplier = L(WarmupParamScheduler)(
 optimizer = model_zoo.get_config("common/optim.py").AdamW
 optimizer.lr = 1e-4
 optimizer.weight_decay = 0.1
-optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=12, decay=0.7)
+optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=12, layer_decay=0.7)
 optimizer.params.overrides = {"pos_embed": {"weight_decay": 0.0}}

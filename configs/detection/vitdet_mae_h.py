@@ -1,5 +1,5 @@
 """ViTDet Mask R-CNN on COCO, ViT-H from MAE (detectron2 projects/ViTDet mask_rcnn_vitdet_h_75ep.py).
-Expected (ViTDet paper / DESIGN.md): 56.7 AP box / 50.2 AP mask.
+Expected (ViTDet paper): 56.7 AP box / 50.2 AP mask.
 
 ViTDet trains ViT-H with patch 16: the official MAE ViT-H/14 weights are loaded with their 14x14 patch
 kernels resized to 16x16 and the 16x16 position grid resampled to 14x14 (mae_transfer.checkpoint).
@@ -19,7 +19,7 @@ model.backbone.net.num_heads = 16
 model.backbone.net.drop_path_rate = 0.5
 model.backbone.net.global_blocks = (7, 15, 23, 31)
 
-optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=32, decay=0.9)
+optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=32, layer_decay=0.9)
 optimizer.params.overrides = {}
 optimizer.params.weight_decay_norm = None
 

@@ -16,14 +16,16 @@ AP values are small in absolute terms: compare initialisations run with the same
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 
+from mae_transfer.data.datasets import PHOTOS_MEAN, PHOTOS_STD
+
 from .vitdet_scenes_mini import data, dataloader, lr_multiplier, model, optimizer, train
 
 size = 48
 data.scenes = dict(num_train=2000, num_val=300, image_size=size, seed=0, root=None, num_items=[1, 3],
                    item_size=[18, 36])
-# mae_transfer.data.datasets.PHOTOS_MEAN / PHOTOS_STD in 0-255 units
-model.pixel_mean = [115.5, 115.5, 115.5]
-model.pixel_std = [70.9, 70.9, 70.9]
+# the colour photos' statistics, in 0-255 units
+model.pixel_mean = [round(255 * v, 3) for v in PHOTOS_MEAN]
+model.pixel_std = [round(255 * v, 3) for v in PHOTOS_STD]
 model.backbone.net.img_size = size        # global blocks' relative-position tables for a 12x12 grid
 model.backbone.net.window_size = 6
 model.backbone.square_pad = size

@@ -27,16 +27,16 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler
 
 from detection.backbone import LastLevelMaxPoolOf, ViTDetBackbone
-from detection.lazy import lsj_dataloader
+from detection.loaders import lsj_dataloader
 from detection.lr_decay import vit_lr_factor
+from mae_transfer.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 image_size, channels = 128, 64
 
 model = model_zoo.get_config("common/models/mask_rcnn_vitdet.py").model
-# The encoder was pretrained on Fashion-MNIST normalised with its statistics (mae_transfer.data.datasets):
-# mean 0.2190, std 0.3318 per channel, here in 0-255 units.
-model.pixel_mean = [55.845, 55.845, 55.845]
-model.pixel_std = [84.609, 84.609, 84.609]
+# The encoder was pretrained on Fashion-MNIST normalised with its statistics, here in 0-255 units.
+model.pixel_mean = [round(255 * v, 3) for v in FASHION_MNIST_MEAN]
+model.pixel_std = [round(255 * v, 3) for v in FASHION_MNIST_STD]
 model.input_format = "RGB"
 model.backbone.net = L(ViTDetBackbone)(
     img_size=image_size, pretrain_img_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4,
@@ -80,7 +80,7 @@ dataloader = lsj_dataloader(image_size=image_size, total_batch_size=8, min_scale
 
 train = model_zoo.get_config("common/train.py").train
 train.device = "cuda" if torch.cuda.is_available() else "cpu"
-train.amp.enabled = torch.cuda.is_available()  # on this CPU bf16 autocast is slower (INSTALL-NOTES)
+train.amp.enabled = torch.cuda.is_available()  # CPU bf16 autocast measured slower than fp32
 train.weights = "none"   # give --weights <MAE / supervised checkpoint>
 train.max_iter = 500     # 500 iters * 8 images / 2000 scenes = 2 epochs
 train.eval_period = 250
@@ -96,5 +96,5 @@ lr_multiplier = L(WarmupParamScheduler)(
 optimizer = model_zoo.get_config("common/optim.py").AdamW
 optimizer.lr = 4e-4
 optimizer.weight_decay = 0.1
-optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=6, decay=0.75)
+optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=6, layer_decay=0.75)
 optimizer.params.overrides = {"pos_embed": {"weight_decay": 0.0}}

@@ -1,6 +1,6 @@
 # UperNet on an MAE-pretrained ViT-L, ADE20K: the ViT-B recipe with the ViT-L encoder.
 # Paper result (single-scale mIoU): 53.6 with MAE ViT-L, 49.9 with supervised IN-1K (upernet_sup_l_ade20k.py).
-# Schedule, optimiser (layer decay 0.65, as the issue / DESIGN.md fix it for B and L), crops and heads
+# Schedule, optimiser (layer decay 0.65, as for B), crops and heads
 # are those of upernet_mae_b_ade20k.py. Weights: --weights mae_pretrain_vit_large.pth.
 _base_ = ['upernet_mae_b_ade20k.py']
 

@@ -1,6 +1,7 @@
 # Small setting that trains and evaluates on 2 CPU cores in about a minute: the UperNet recipe of
-# upernet_mae_b_ade20k.py (MAEViT + rel-pos bias + layer scale, Feature2Pyramid, UperNet + FCN aux head,
-# AdamW + layer decay, warmup then poly) on the built-in scenes, with the CPU encoder vit_mini_patch4
+# upernet_mae_b_ade20k.py (its model and schedule bases: PlainViTBackbone + rel-pos bias + layer scale,
+# Feature2Pyramid, UperNet + FCN aux head, AdamW + layer decay, warmup then poly; below, what differs)
+# on the built-in scenes, with the CPU encoder vit_mini_patch4
 # (128-d x 6 blocks, patch 4) that pretrain/run.py MAE-pretrains on 32x32 Fashion-MNIST.
 #
 # Data: mae_transfer.data.scenes, 128 px RGB scenes of tinted Fashion-MNIST items on varied backgrounds,
@@ -11,7 +12,7 @@
 # "other"), so 11 classes with reduce_zero_label=False; 1..10 = the Fashion-MNIST classes.
 # Scale: scenes are resized to 64 px, so items (20-64 px at 128) are 10-32 px, about the 28 px the
 # encoder saw in pretraining; the 16x16 token grid, x2 / x1 / x1/2 / x1/4, gives strides 2, 4, 8, 16.
-_base_ = ['_base_/default_runtime.py']
+_base_ = ['_base_/default_runtime.py', '_base_/models/upernet_vit.py', '_base_/schedules/schedule_160k.py']
 
 scenes = dict(num_train=2000, num_val=300, image_size=128, seed=0)
 data_root = 'output/data/scenes-128px-2000-300-seed0'  # replaced by the generated scenes' folder
@@ -56,72 +57,34 @@ val_evaluator = dict(type='PerClassIoUMetric', iou_metrics=['mIoU'])
 test_evaluator = val_evaluator
 
 norm_cfg = dict(type='BN', requires_grad=True)
+# mmengine turns a config's import statements into lazy objects; __import__ reads the values now
+_datasets = __import__('mae_transfer.data.datasets', fromlist=['FASHION_MNIST_MEAN'])
 model = dict(
-    type='EncoderDecoder',
     data_preprocessor=dict(
-        type='SegDataPreProcessor',
-        mean=[55.85, 55.85, 55.85],  # the Fashion-MNIST statistics of pretraining (0.2190, 0.3318) x 255
-        std=[84.61, 84.61, 84.61],
-        bgr_to_rgb=True,
-        pad_val=0,
-        seg_pad_val=255,
+        # the Fashion-MNIST statistics of pretraining (mae_transfer.data.datasets, in 0-255 units)
+        mean=[round(255 * v, 3) for v in _datasets.FASHION_MNIST_MEAN],
+        std=[round(255 * v, 3) for v in _datasets.FASHION_MNIST_STD],
         size=crop_size),
     backbone=dict(
-        type='MAEViT',
         arch='vit_mini_patch4',
         img_size=64,
-        out_indices=(1, 2, 3, 5),  # the B recipe's blocks 4, 6, 8, 12 of 12, scaled to 6 blocks
-        drop_path_rate=0.1,
-        rel_pos='bias',
-        init_values=1.0,
-        pos_embed='learned',
-        pretrained=None),
-    neck=dict(type='Feature2Pyramid', embed_dim=128, rescales=[2, 1, 0.5, 0.25], norm_cfg=norm_cfg),
-    decode_head=dict(
-        type='UPerHead',
-        in_channels=[128, 128, 128, 128],
-        in_index=[0, 1, 2, 3],
-        pool_scales=(1, 2, 3, 6),
-        channels=64,
-        dropout_ratio=0.1,
-        num_classes=num_classes,
-        norm_cfg=norm_cfg,
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
-    auxiliary_head=dict(
-        type='FCNHead',
-        in_channels=128,
-        in_index=2,
-        channels=32,
-        num_convs=1,
-        concat_input=False,
-        dropout_ratio=0.1,
-        num_classes=num_classes,
-        norm_cfg=norm_cfg,
-        align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+        out_indices=(1, 2, 3, 5)),  # the B recipe's blocks 4, 6, 8, 12 of 12, scaled to 6 blocks
+    neck=dict(embed_dim=128, rescales=[2, 1, 0.5, 0.25], norm_cfg=norm_cfg),
+    decode_head=dict(in_channels=[128, 128, 128, 128], channels=64, num_classes=num_classes, norm_cfg=norm_cfg),
+    auxiliary_head=dict(in_channels=128, channels=32, num_classes=num_classes, norm_cfg=norm_cfg),
+    test_cfg=dict(_delete_=True, mode='whole'))
 
 max_iters = 120
 # fp32 on CPU; the short schedule takes a 10x larger lr than the 160k-iteration recipe
-optim_wrapper = dict(
-    type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
-    constructor='ViTLayerDecayOptimizerConstructor',
-    paramwise_cfg=dict(layer_decay=0.65))
+optim_wrapper = dict(_delete_=True, type='OptimWrapper',
+                     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
+                     constructor='ViTLayerDecayOptimizerConstructor', paramwise_cfg=dict(layer_decay=0.65))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=10),
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=10, end=max_iters, by_epoch=False),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-val_cfg = dict(type='ValLoop')
-test_cfg = dict(type='TestLoop')
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(
-    timer=dict(type='IterTimerHook'),
-    logger=dict(type='LoggerHook', interval=10, log_metric_by_epoch=False),
-    param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1),
-    sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    logger=dict(interval=10),
+    checkpoint=dict(_delete_=True, type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))

@@ -1,7 +1,7 @@
 # The demo size of upernet_mae_mini_scenes.py for the MAE / supervised / random-init comparison
 # (tools/compare.py, `make demo`): about 40 s of train + eval on 2 free CPU cores (60 s with one thread).
 #
-# Same model (MAEViT vit_mini_patch4 + rel-pos bias + layer scale, Feature2Pyramid, UperNet + FCN aux head,
+# Same model (PlainViTBackbone vit_mini_patch4 + rel-pos bias + layer scale, Feature2Pyramid, UperNet + FCN aux head,
 # AdamW + layer decay 0.65, warmup then poly), on the demo scenes that vitdet_scenes_demo.py uses: 48 px,
 # 1-3 items of 18-36 px (a 12x12 token grid; items span 4-9 tokens, as in the 32 px pretraining photos
 # of configs/pretrain/mini_photos.py, whose statistics normalise the input). Trained on 48x48 crops,
@@ -33,9 +33,11 @@ val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 _class_weight = [0.25] + [1.0] * 10
+_datasets = __import__('mae_transfer.data.datasets', fromlist=['PHOTOS_MEAN'])  # read now, not lazily
 model = dict(
-    # mae_transfer.data.datasets.PHOTOS_MEAN / PHOTOS_STD in 0-255 units
-    data_preprocessor=dict(mean=[115.5, 115.5, 115.5], std=[70.9, 70.9, 70.9], size=crop_size),
+    # the colour photos' statistics (mae_transfer.data.datasets, in 0-255 units)
+    data_preprocessor=dict(mean=[round(255 * v, 3) for v in _datasets.PHOTOS_MEAN],
+                           std=[round(255 * v, 3) for v in _datasets.PHOTOS_STD], size=crop_size),
     backbone=dict(img_size=48),
     # Background is 75% of the pixels: weighted 1/4 so that objects and background count alike in the loss
     # (unweighted, every init still predicts background everywhere after this short schedule).

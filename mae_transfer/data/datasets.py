@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..common import atomic_write
 from .fashion_mnist import CLASSES as FASHION_CLASSES
 from .fashion_mnist import DEFAULT_ROOT as FASHION_ROOT
 from .fashion_mnist import DataError, load_fashion_mnist
@@ -105,10 +106,7 @@ class FashionMNISTPhotos(Dataset):
         if not cache.is_file():
             items, labels = load_fashion_mnist(split, root)
             images = render_photos(items, labels, self.size, seed)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.npz")
-            np.savez(tmp, images=images, labels=labels)
-            os.replace(tmp, cache)
+            atomic_write(cache, lambda f: np.savez(f, images=images, labels=labels))
         try:
             with np.load(cache) as f:
                 self.images, self.labels = f["images"], f["labels"]

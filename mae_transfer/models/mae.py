@@ -236,8 +236,8 @@ class MaskedAutoencoderViT(VisionTransformer):
 
 
 
-# Decoders: the paper's 512-d x 8 blocks for B/L/H; the mini presets' 64-d x 2 follows the CPU
-# calibration in DESIGN.md.
+# Decoders: the paper's 512-d x 8 blocks for B/L/H; the mini presets' 64-d x 2 keeps pretraining
+# within a few CPU minutes (docs/experiments.md, CPU calibration).
 MAE_PRESETS: dict[str, dict] = {
     "mae_vit_base_patch16": dict(**VIT_PRESETS["vit_base_patch16"], decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),
     "mae_vit_large_patch16": dict(**VIT_PRESETS["vit_large_patch16"], decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16),

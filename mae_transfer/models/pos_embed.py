@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed as timm_resample_abs_pos_embed
 
 
 def get_1d_sincos_pos_embed(embed_dim: int, pos: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,8 @@ def resample_abs_pos_embed(pos_embed: torch.Tensor, new_size, old_size=None, num
                            antialias: bool = False) -> torch.Tensor:
     """Bicubic resampling of ``(1, prefix + h*w, D)`` position embeddings to grid ``new_size``.
 
-    Prefix (cls) rows are kept as they are. ``old_size`` defaults to a square grid. ``antialias=False``
+    Prefix (cls) rows are kept as they are. ``old_size`` defaults to a square grid; grids that do not
+    fit raise ``ValueError`` naming the row count, then timm's resampling does the interpolation. ``antialias=False``
     is what ViTDet, MMSegmentation and the MAE reference do on the fly; checkpoint conversion uses
     ``antialias=True`` as timm does (PyTorch's antialiased bicubic, which also differs when upsampling)."""
     new_size = (new_size, new_size) if isinstance(new_size, int) else tuple(new_size)
@@ -52,8 +53,5 @@ def resample_abs_pos_embed(pos_embed: torch.Tensor, new_size, old_size=None, num
         raise ValueError(f"position embedding has {n} patch rows, not the {old_size[0]}x{old_size[1]} grid given")
     if old_size == new_size:
         return pos_embed
-    dtype = grid.dtype
-    grid = grid.reshape(1, old_size[0], old_size[1], D).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_size, mode="bicubic", align_corners=False, antialias=antialias)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, D).to(dtype)
-    return torch.cat([prefix, grid], dim=1) if num_prefix_tokens else grid
+    return timm_resample_abs_pos_embed(pos_embed, list(new_size), list(old_size), num_prefix_tokens=num_prefix_tokens,
+                                       antialias=antialias)

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, gen_relative_position_index, trunc_normal_
 
 from .pos_embed import get_2d_sincos_pos_embed, resample_abs_pos_embed
 
@@ -118,20 +118,9 @@ def fold_decomposed_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r
 
 def beit_relative_position_index(hw: tuple[int, int], num_prefix: int) -> torch.Tensor:
     """BEiT's index into a ``((2h-1)(2w-1) + 3, heads)`` table; the 3 extra rows are cls->token,
-    token->cls and cls->cls. Returns ``(N, N)`` with ``N = h*w + num_prefix`` (num_prefix 0 or 1)."""
-    h, w = hw
-    coords = torch.stack(torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")).flatten(1)
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
-    rel[:, :, 0] += h - 1
-    rel[:, :, 1] += w - 1
-    rel[:, :, 0] *= 2 * w - 1
-    num_dist = (2 * h - 1) * (2 * w - 1) + 3
-    index = torch.zeros((h * w + 1,) * 2, dtype=torch.long)
-    index[1:, 1:] = rel.sum(-1)
-    index[0, :] = num_dist - 3
-    index[:, 0] = num_dist - 2
-    index[0, 0] = num_dist - 1
-    return index if num_prefix else index[1:, 1:]
+    token->cls and cls->cls. Returns ``(N, N)`` with ``N = h*w + num_prefix`` (num_prefix 0 or 1).
+    timm's implementation, the one BEiT uses there."""
+    return gen_relative_position_index(tuple(hw), class_token=bool(num_prefix))
 
 
 def resize_beit_bias_table(table: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> torch.Tensor:
@@ -454,13 +443,6 @@ class VisionTransformer(nn.Module):
         """Images ``(B, C, H, W)`` -> logits ``(B, num_classes)`` (pooled features if no head)."""
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int):
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            trunc_normal_(self.head.weight, std=2e-5)
-            nn.init.zeros_(self.head.bias)
-
 
 def _init_module(m: nn.Module):
     if isinstance(m, nn.Linear):
@@ -473,7 +455,7 @@ def _init_module(m: nn.Module):
 
 
 # Architecture presets: (patch, embed_dim, depth, heads). ViT-T/S/B/L/H as in the papers; the "mini"
-# presets are sized for a few CPU minutes on 32x32 Fashion-MNIST (see DESIGN.md, calibration).
+# presets are sized for a few CPU minutes on 32x32 Fashion-MNIST (docs/experiments.md, CPU calibration).
 VIT_PRESETS: dict[str, dict] = {
     "vit_tiny_patch16": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
     "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),

@@ -1,6 +1,6 @@
 # mmengine runtime shared by every segmentation config (mmseg's default_runtime, plus our modules).
 default_scope = 'mmseg'
-# registers MAEViT, ViTLayerDecayOptimizerConstructor and CheckSegLabels in mmseg's registries
+# registers PlainViTBackbone, ViTLayerDecayOptimizerConstructor and CheckSegLabels in mmseg's registries
 custom_imports = dict(imports=['segmentation'], allow_failed_imports=False)
 env_cfg = dict(
     cudnn_benchmark=True,

@@ -1,0 +1,131 @@
+"""The format table: every foreign ViT key layout the loader reads, renamed to ours (pure renames).
+
+Formats, tried in this order (:func:`to_mae_transfer_keys` names the one it found):
+- ``mmseg-vit``: MMSegmentation's ``MAE`` / ``BEiT`` backbones and MMPretrain's ``VisionTransformer`` /
+  ``MAE``: a block is ``layers.{i}`` with ``ln1``, ``attn.qkv``, ``attn.proj``, ``ln2``, ``ffn.layers.0.0``
+  (fc1), ``ffn.layers.1`` (fc2) and layer scale ``gamma_1``/``gamma_2`` (mmpretrain: ``attn.gamma1.weight``
+  / ``ffn.gamma2.weight``); BEiT keeps separate ``q_bias``/``v_bias`` (no key bias) instead of ``qkv.bias``;
+- ``detectron2``: our Detectron2 adapter's ``backbone.net.`` / ``backbone.bottom_up.net.``;
+- ``mmseg``: our MMSegmentation adapter's ``backbone.vit.`` (older checkpoints: ``backbone.``);
+- ``mae``: ours / the official MAE release with its decoder; ``vit``: ours / timm / DeiT encoders.
+A DDP ``module.`` prefix is stripped first. :func:`to_mmseg_keys` writes the ``mmseg-vit`` layout back.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+__all__ = ["MAE_DECODER_KEYS", "to_mae_transfer_keys", "to_mmseg_keys"]
+
+# Tensors that exist only in the MAE pretraining model (decoder, mask tokens, the PCA target's basis);
+# a downstream encoder drops them.
+MAE_DECODER_KEYS = re.compile(r"^(mask_token|encoder_mask_token|pca_mean|pca_components)$|^decoder_")
+
+
+_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+_SIGNATURE = re.compile(r"(^|\.)layers\.\d+\.(ln1\.|ffn\.layers\.|gamma_1$|attn\.q_bias$)")
+_BLOCK_RENAMES = (
+    ("ln1.", "norm1."), ("ln2.", "norm2."),
+    ("ffn.layers.0.0.", "mlp.fc1."), ("ffn.layers.1.", "mlp.fc2."),
+    ("gamma_1", "ls1.gamma"), ("gamma_2", "ls2.gamma"),
+    ("attn.gamma1.weight", "ls1.gamma"), ("ffn.gamma2.weight", "ls2.gamma"),  # mmpretrain layer scale
+)
+_TOP_RENAMES = {"patch_embed.projection.weight": "patch_embed.proj.weight",
+                "patch_embed.projection.bias": "patch_embed.proj.bias",
+                "ln1.weight": "norm.weight", "ln1.bias": "norm.bias",      # final norm (mmpretrain)
+                "norm1.weight": "norm.weight", "norm1.bias": "norm.bias"}  # final norm (mmseg BEiT)
+
+
+def _from_mmseg(sd: dict) -> dict | None:
+    """``state_dict`` in mmseg/mmpretrain ViT names (optionally under ``backbone.``, with an mmpretrain
+    MAE decoder under ``neck.``) -> our names; ``None`` if ``sd`` is not in that layout.
+
+    Buffers (``relative_position_index``) are dropped; ``q_bias``/``v_bias`` become ``qkv.bias`` with a
+    zero key bias, which is exactly what BEiT's attention computes."""
+    if not any(_SIGNATURE.search(k) for k in sd):
+        return None
+    if any(k.startswith("backbone.layers.") for k in sd):
+        enc = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        # mmpretrain's MAE keeps the decoder under ``neck.``: keep its names so the loader drops it
+        extra = {k[len("neck."):]: v for k, v in sd.items() if k.startswith("neck.")}
+    else:
+        enc, extra = sd, {}
+    out: dict[str, torch.Tensor] = {}
+    qv_bias: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in enc.items():
+        if k.endswith("relative_position_index"):
+            continue
+        m = _LAYER.match(k)
+        if m is None:
+            out[_TOP_RENAMES.get(k, k)] = v
+            continue
+        i, rest = m.groups()
+        if rest in ("attn.q_bias", "attn.v_bias"):
+            qv_bias.setdefault(i, {})[rest[5]] = v
+            continue
+        for old, new in _BLOCK_RENAMES:
+            if rest.startswith(old):
+                rest = new + rest[len(old):]
+                break
+        out[f"blocks.{i}.{rest}"] = v
+    for i, b in qv_bias.items():
+        if set(b) != {"q", "v"}:
+            raise ValueError(f"mmseg checkpoint: layers.{i}.attn has only {sorted(b)}_bias, expected q and v")
+        out[f"blocks.{i}.attn.qkv.bias"] = torch.cat([b["q"], torch.zeros_like(b["q"]), b["v"]])
+    out.update(extra)
+    return out
+
+
+def _inverse_block_renames() -> tuple:
+    # the mmseg (not mmpretrain) spelling of each of our block names; the first rename wins
+    seen, out = set(), []
+    for old, new in _BLOCK_RENAMES:
+        if new not in seen and not old.startswith(("attn.gamma1", "ffn.gamma2")):
+            seen.add(new)
+            out.append((new, old))
+    return tuple(out)
+
+
+def to_mmseg_keys(sd: dict) -> dict:
+    """Our ViT names -> MMSegmentation's ``MAE`` backbone names (``layers.{i}.ln1``, ``ffn.layers.0.0``,
+    ``gamma_1``, ``patch_embed.projection``, final norm ``ln1``); keys without a counterpart keep theirs."""
+    block = _inverse_block_renames()
+    top = {"patch_embed.proj.weight": "patch_embed.projection.weight", "patch_embed.proj.bias": "patch_embed.projection.bias",
+           "norm.weight": "ln1.weight", "norm.bias": "ln1.bias"}
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"^blocks\.(\d+)\.(.+)$", k)
+        if m is None:
+            out[top.get(k, k)] = v
+            continue
+        i, rest = m.groups()
+        for ours, theirs in block:
+            if rest.startswith(ours):
+                rest = theirs + rest[len(ours):]
+                break
+        out[f"layers.{i}.{rest}"] = v
+    return out
+
+
+def _strip_prefix(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def to_mae_transfer_keys(sd: dict) -> tuple[dict, str]:
+    """Rename a state dict of any known format to our names. Returns ``(state_dict, format_name)``."""
+    if all(k.startswith("module.") for k in sd):  # DDP-wrapped
+        sd = _strip_prefix(sd, "module.")
+    out = _from_mmseg(sd)
+    if out is not None:
+        return out, "mmseg-vit"
+    for prefix, fmt in (("backbone.net.", "detectron2"), ("backbone.bottom_up.net.", "detectron2"),
+                        ("backbone.vit.", "mmseg"), ("backbone.", "mmseg")):
+        if any(k.startswith(prefix + "blocks.") for k in sd):
+            return _strip_prefix(sd, prefix), fmt
+    if any(MAE_DECODER_KEYS.match(k) for k in sd):
+        return dict(sd), "mae"
+    if "blocks.0.attn.qkv.weight" in sd:
+        return dict(sd), "vit"
+    return dict(sd), "unknown"

@@ -1,0 +1,107 @@
+"""What every tool and adapter shares: atomic file writes, the config error, config lookup by name,
+the ``--weights none`` rule, and the walk from a parameter-name prefix to the encoder it names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Callable
+
+import torch.nn as nn
+
+__all__ = ["ConfigError", "atomic_write", "write_json", "is_random_init", "find_config", "find_submodule",
+           "encoder_depth"]
+
+
+class ConfigError(ValueError):
+    """A config, an override, a device or a path given by the user does not work; the message names the
+    file or key at fault. The command-line tools turn it into one line on stderr and exit status 2."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = True) -> Path:
+    """Write ``path`` through ``write(file)`` into a temp file of the same folder, fsync it, then rename
+    it over ``path`` and fsync the folder.
+
+    A crash at any moment leaves the old file or the new one, never a torn one: readers (resume, the
+    comparison's "this cell finished" test on ``metrics.json``) may take the file's existence as proof
+    it is complete. Args: ``path`` the file to (re)place, its folder is created; ``write`` writes the
+    content to the open file; ``binary`` opens it in ``"wb"`` (else ``"w"``, UTF-8). Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(obj, path: str | os.PathLike, *, indent: int | None = 1, allow_nan: bool = True) -> Path:
+    """``json.dump(obj)`` to ``path`` through :func:`atomic_write`, with a final newline.
+
+    Args: ``obj`` any JSON-serialisable value; ``indent`` as :func:`json.dump` (None: one line);
+    ``allow_nan`` False refuses NaN / inf (strict JSON)."""
+    def write(f):
+        json.dump(obj, f, indent=indent, allow_nan=allow_nan)
+        f.write("\n")
+    return atomic_write(path, write, binary=False)
+
+
+def is_random_init(weights: str | os.PathLike | None) -> bool:
+    """Whether a ``--weights`` value asks for random init: ``none`` in any case, or empty.
+
+    ``None`` (the flag not given) is not random init: each tool then falls back to its config."""
+    return weights is not None and str(weights).strip().lower() in ("", "none")
+
+
+def find_submodule(model: nn.Module, prefix: str) -> nn.Module:
+    """The module a parameter-name prefix names: ``"backbone.vit."`` -> ``model.backbone.vit``;
+    ``""`` -> ``model``. Raises :class:`ConfigError` naming the part that is not there."""
+    mod = model
+    for part in filter(None, prefix.rstrip(".").split(".")):
+        child = getattr(mod, part, None)
+        if not isinstance(child, nn.Module):
+            raise ConfigError(f"{type(model).__name__} has no module {prefix.rstrip('.')!r} "
+                              f"(no {part!r} in {type(mod).__name__})")
+        mod = child
+    return mod
+
+
+def encoder_depth(model: nn.Module, prefix: str = "") -> int:
+    """Number of blocks of the encoder at ``prefix`` in ``model``: its ``depth``, else ``len(blocks)``."""
+    enc = find_submodule(model, prefix)
+    depth = getattr(enc, "depth", None)
+    if depth is None and hasattr(enc, "blocks"):
+        depth = len(enc.blocks)
+    if depth is None:
+        raise ConfigError(f"{type(enc).__name__} at {prefix.rstrip('.') or 'the model root'!r} has neither "
+                          f"'depth' nor 'blocks': give the encoder depth explicitly")
+    return int(depth)
+
+
+def find_config(name: str | os.PathLike, config_dir: str | os.PathLike) -> Path:
+    """A config file given as a path, or as a bare name (``x`` / ``x.py``) in ``config_dir``.
+
+    Raises :class:`ConfigError` listing the configs of ``config_dir`` (files starting with ``_`` are
+    bases, not listed)."""
+    config_dir = Path(config_dir)
+    for cand in (Path(name), config_dir / name, config_dir / f"{name}.py"):
+        if cand.is_file():
+            return cand
+    known = sorted(c.name for c in config_dir.glob("*.py") if not c.name.startswith("_"))
+    raise ConfigError(f"config {str(name)!r} is neither a file nor one of {config_dir}: {', '.join(known)}")

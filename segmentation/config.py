@@ -1,0 +1,150 @@
+"""Segmentation configs: finding one by name, applying the command line, the rule that moves what was
+tied to an overridden ``train_cfg.max_iters``, and the walk over a config's datasets."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+
+from mae_transfer.common import ConfigError, find_config, is_random_init
+
+__all__ = ["CONFIG_DIR", "resolve_config", "prepare_config", "follow_max_iters", "leaf_datasets"]
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs" / "segmentation"
+logger = logging.getLogger("train_seg")
+
+
+def resolve_config(name: str) -> Path:
+    """A config path, or a bare name (``upernet_mae_b_ade20k`` / ``...py``) in ``configs/segmentation``."""
+    return find_config(name, CONFIG_DIR)
+
+
+def leaf_datasets(cfg) -> list[tuple[str, dict]]:
+    """``(split, dataset cfg)`` of the train / val / test loaders, wrapped datasets (``dataset``,
+    ``datasets``) unwrapped; the dicts are the config's own, so edits apply to it."""
+    found = []
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        ds = (cfg.get(loader) or {}).get("dataset")
+        stack = [ds] if ds else []
+        while stack:
+            d = stack.pop()
+            if "datasets" in d:
+                stack.extend(d["datasets"])
+            elif "dataset" in d:
+                stack.append(d["dataset"])
+            else:
+                found.append((loader.split("_")[0], d))
+    return found
+
+
+def follow_max_iters(cfg, orig: int | None):
+    """After ``train_cfg.max_iters`` is overridden, move what was tied to the old value with it: scheduler
+    ends (the poly decay still reaches 0 at the last iteration), the validation and checkpoint interval."""
+    new = (cfg.get("train_cfg") or {}).get("max_iters")
+    if orig is None or new is None or new == orig:
+        return
+    scheds = []
+    for sched in cfg.get("param_scheduler") or []:
+        if sched.get("end") in (orig, None) or sched["end"] > new:
+            sched["end"] = new
+        if sched.get("begin", 0) < sched["end"]:  # a warmup longer than the whole run is cut, not kept
+            scheds.append(sched)
+    if "param_scheduler" in cfg:
+        cfg.param_scheduler = scheds
+    if cfg.train_cfg.get("val_interval") == orig:
+        cfg.train_cfg.val_interval = new
+    ckpt = (cfg.get("default_hooks") or {}).get("checkpoint") or {}
+    if ckpt.get("interval") == orig:
+        ckpt["interval"] = new
+
+
+def _parse_value(v: str):
+    try:
+        return ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        return v
+
+
+def _apply_cfg_options(cfg, options: list[str]):
+    """``KEY=VALUE`` overrides (values as Python literals, else strings), then :func:`follow_max_iters`."""
+    if not options:
+        return
+    orig_iters = (cfg.get("train_cfg") or {}).get("max_iters")
+    opts = {}
+    for kv in options:
+        if "=" not in kv:
+            raise ConfigError(f"--cfg-options expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        opts[k] = _parse_value(v)
+    cfg.merge_from_dict(opts)
+    follow_max_iters(cfg, orig_iters)
+
+
+def _apply_data_root(cfg, data_root: str | None):
+    """Point every dataset at ``data_root``; without one, generate the config's ``scenes`` if it has them."""
+    if data_root is None and cfg.get("scenes"):
+        from mae_transfer.data.scenes import ensure_scenes
+        data_root = str(ensure_scenes(**cfg.scenes))
+    if data_root is None:
+        return
+    if not Path(data_root).is_dir():
+        raise ConfigError(f"--data-root {data_root} is not a folder")
+    cfg.data_root = data_root
+    for _, ds in leaf_datasets(cfg):
+        ds["data_root"] = data_root
+
+
+def _apply_test_mode(cfg, test_mode: str):
+    """``whole``-image or ``slide`` inference (crop = the training crop, stride 2/3 of it); ``config``: as is."""
+    if test_mode == "config":
+        return
+    crop = tuple(cfg.get("crop_size") or cfg.model.data_preprocessor.get("size"))
+    cfg.model.test_cfg = (dict(mode="whole") if test_mode == "whole" else
+                          dict(mode="slide", crop_size=crop, stride=tuple(max(1, c * 2 // 3) for c in crop)))
+
+
+def _fit_to_device(cfg, launcher: str):
+    """Without CUDA: fp32 instead of mixed precision, and gloo processes under ``--launcher pytorch``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
+        logger.warning("no CUDA device: mixed precision (AmpOptimWrapper) off, fp32")
+        cfg.optim_wrapper.type = "OptimWrapper"
+        cfg.optim_wrapper.pop("loss_scale", None)
+        cfg.optim_wrapper.pop("dtype", None)
+    if launcher == "pytorch":
+        # CPU processes (gloo): mmengine's own init would call torch.cuda.set_device, and its DDP wrapper
+        # would pass a device id; a CPU module takes none
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+
+
+def prepare_config(args):
+    """Load the config and apply the command line; returns ``(cfg, config path)``.
+
+    ``args`` has the attributes of ``tools/train_seg.py``'s parser: ``config``, ``cfg_options``,
+    ``launcher``, ``work_dir``, ``seed``, ``weights``, ``resume``, ``data_root``, ``test_mode``."""
+    from mmengine.config import Config
+
+    path = resolve_config(args.config)
+    cfg = Config.fromfile(str(path))
+    _apply_cfg_options(cfg, args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or str(REPO / "output" / "segmentation" / path.stem)
+    cfg.randomness = dict(seed=args.seed, deterministic=False)
+    if args.weights is not None:
+        cfg.model.backbone.pretrained = None if is_random_init(args.weights) else args.weights
+    if args.resume == "auto":
+        cfg.resume = True
+    elif args.resume:
+        cfg.resume, cfg.load_from = True, args.resume
+    _apply_data_root(cfg, args.data_root)
+    _apply_test_mode(cfg, args.test_mode)
+    _fit_to_device(cfg, args.launcher)
+    return cfg, path

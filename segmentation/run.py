@@ -1,0 +1,85 @@
+"""One segmentation run with MMSegmentation's Runner: prepare the config, check the data, train with
+validation, and collect the metrics of the last validation into ``metrics.json``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .config import prepare_config
+from .data_check import check_data
+from .summary import save_outputs
+
+__all__ = ["run"]
+
+
+def _last_val_hook():
+    """A hook keeping the metrics of the last validation and the iteration it ran at."""
+    from mmengine.hooks import Hook
+
+    class LastValMetrics(Hook):
+        priority = "LOWEST"
+        metrics, at_iter = None, -1
+
+        def after_val_epoch(self, runner, metrics=None):
+            self.metrics, self.at_iter = metrics, runner.iter
+
+    return LastValMetrics()
+
+
+def _train(runner) -> tuple[dict, float]:
+    """Train; returns the final validation metrics (validating now if the last validation is older,
+    e.g. a resumed finished run) and the training wall time in seconds."""
+    last = _last_val_hook()
+    runner.register_hook(last)
+    t0 = time.time()
+    runner.train()
+    train_s = time.time() - t0
+    summary = last.metrics
+    if summary is None or last.at_iter != runner.iter:
+        summary = runner.val_loop.run()
+    return summary, train_s
+
+
+def _metrics(runner, cfg, cfg_path: Path, summary: dict, **extra) -> dict:
+    """metrics.json's content: the scalar metrics rounded, per-class IoU / Acc, and the run's facts."""
+    import numpy as np
+
+    metric = next((m for m in runner.val_evaluator.metrics if hasattr(m, "per_class")), None)
+    out = {k: round(float(v), 4) for k, v in summary.items() if np.isscalar(v) and not isinstance(v, str)}
+    out.update({
+        "per_class_IoU": metric.per_class.get("IoU", {}) if metric else {},
+        "per_class_Acc": metric.per_class.get("Acc", {}) if metric else {},
+        **extra,
+        "weights": str(cfg.model.backbone.get("pretrained") or "none"),
+        "config": str(cfg_path),
+        "iters": runner.iter,
+        "data_root": cfg.get("data_root"),
+        "test_mode": cfg.model.test_cfg.get("mode"),
+        "device": str(next(runner.model.parameters()).device),
+        "world_size": runner.world_size,
+        "checkpoint": str(Path(cfg.work_dir) / f"iter_{runner.iter}.pth"),
+    })
+    return out
+
+
+def run(args) -> dict:
+    """Train and evaluate as ``tools/train_seg.py`` describes; returns the metrics (rank 0 writes them).
+
+    ``args`` has the attributes of that tool's parser (see :func:`segmentation.config.prepare_config`,
+    plus ``check_data`` and ``skip_bad_data``)."""
+    from mmengine.dist import is_main_process
+    from mmengine.logging import MMLogger
+    from mmengine.runner import Runner
+
+    t0 = time.time()
+    cfg, cfg_path = prepare_config(args)
+    logger = MMLogger.get_instance("train_seg", log_level="INFO")
+    data_summary = check_data(cfg, args.check_data, args.skip_bad_data, logger)
+    runner = Runner.from_cfg(cfg)
+    summary, train_s = _train(runner)
+    out = _metrics(runner, cfg, cfg_path, summary, wall_s=round(time.time() - t0, 2), train_s=round(train_s, 2),
+                   seed=args.seed, data=data_summary)
+    if is_main_process():
+        out = save_outputs(runner, Path(cfg.work_dir), cfg_path, out, logger)
+    return out
