@@ -71,7 +71,8 @@ def det_step():
     from detectron2.config import instantiate
     from detectron2.utils.events import EventStorage
 
-    from detection.lazy import load_config, setup_datasets
+    from detection.config import load_config
+    from detection.datasets import setup_datasets
 
     cfg = load_config("vitdet_scenes_demo")
     out = Path("output/benchmarks/demo_precision")

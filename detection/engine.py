@@ -23,7 +23,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from torch.nn.parallel import DistributedDataParallel
 
-from mae_transfer.common import ConfigError, is_random_init, write_json
+from mae_transfer.common import ConfigError, atomic_write, is_random_init, write_json
 
 from .checkpoint import SafeDetectionCheckpointer, load_weights
 
@@ -258,7 +258,4 @@ def save_predictions(cfg, model, path: str | os.PathLike, num_images: int = 6, s
               "classes": np.array(out["classes"], dtype=np.int64),
               "scores": np.array(out["scores"], dtype=np.float32),
               "masks": np.array(out["masks"], dtype=bool).reshape(-1, h, w)}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from mae_transfer.common import atomic_write
+
 from .config import prepare_config
 from .data_check import check_data
 from .summary import save_outputs
@@ -13,13 +15,21 @@ from .summary import save_outputs
 __all__ = ["run"]
 
 
-def _last_val_hook():
-    """A hook keeping the metrics of the last validation and the iteration it ran at."""
+def _last_val_hook(num_previews: int = 6):
+    """A hook keeping the metrics of the last validation, the iteration it ran at, and the predicted
+    label maps of its first ``num_previews`` images (``tools/compare.py`` draws them)."""
     from mmengine.hooks import Hook
 
     class LastValMetrics(Hook):
         priority = "LOWEST"
         metrics, at_iter = None, -1
+
+        def before_val_epoch(self, runner):
+            self.previews = []
+
+        def after_val_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            for sample in (outputs or [])[:max(0, num_previews - len(self.previews))]:
+                self.previews.append((sample.metainfo["img_path"], sample.pred_sem_seg.data[0].cpu().numpy()))
 
         def after_val_epoch(self, runner, metrics=None):
             self.metrics, self.at_iter = metrics, runner.iter
@@ -27,9 +37,21 @@ def _last_val_hook():
     return LastValMetrics()
 
 
-def _train(runner) -> tuple[dict, float]:
+def save_predictions(previews: list, path: Path):
+    """``val_predictions.npz``: ``file_names`` (K,) and ``labels`` (K, H, W) uint8, the predicted label
+    maps (written atomically)."""
+    import numpy as np
+
+    if not previews:
+        return
+    arrays = {"file_names": np.array([f for f, _ in previews]),
+              "labels": np.stack([m.astype(np.uint8) for _, m in previews])}
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _train(runner):
     """Train; returns the final validation metrics (validating now if the last validation is older,
-    e.g. a resumed finished run) and the training wall time in seconds."""
+    e.g. a resumed finished run), the training wall time in seconds and that validation's previews."""
     last = _last_val_hook()
     runner.register_hook(last)
     t0 = time.time()
@@ -38,7 +60,7 @@ def _train(runner) -> tuple[dict, float]:
     summary = last.metrics
     if summary is None or last.at_iter != runner.iter:
         summary = runner.val_loop.run()
-    return summary, train_s
+    return summary, train_s, last.previews
 
 
 def _metrics(runner, cfg, cfg_path: Path, summary: dict, **extra) -> dict:
@@ -77,9 +99,10 @@ def run(args) -> dict:
     logger = MMLogger.get_instance("train_seg", log_level="INFO")
     data_summary = check_data(cfg, args.check_data, args.skip_bad_data, logger)
     runner = Runner.from_cfg(cfg)
-    summary, train_s = _train(runner)
+    summary, train_s, previews = _train(runner)
     out = _metrics(runner, cfg, cfg_path, summary, wall_s=round(time.time() - t0, 2), train_s=round(train_s, 2),
                    seed=args.seed, data=data_summary)
     if is_main_process():
         out = save_outputs(runner, Path(cfg.work_dir), cfg_path, out, logger)
+        save_predictions(previews, Path(cfg.work_dir) / "val_predictions.npz")
     return out

@@ -9,12 +9,15 @@
 
 Steps, each a subprocess of the project's own CLIs (so every cell is exactly what a user would run):
 1. pretraining, once per pretrained init: ``pretrain/run.py --mode pretrain`` (MAE) and
-   ``--mode supervised`` (the supervised baseline), seed 0; ``--init NAME=CKPT`` adds a checkpoint file
+   ``--mode supervised`` (the supervised baseline), seed 0, side by side with ``--jobs`` > 1;
+   ``--init NAME=CKPT`` adds a checkpoint file
    (an official MAE or DeiT release, say) as a further initialisation, ``scratch`` is random init;
 2. downstream cells: for every init x task x seed, ``pretrain/run.py --mode linprobe|finetune``,
    ``tools/train_det.py`` and ``tools/train_seg.py`` with ``--weights`` set to the init;
 3. ``table.md`` (mean ± std over seeds, best per column in bold, the paper's numbers beside),
-   ``results.csv`` (one row per cell and metric) and ``comparison.png`` (grouped bars with std).
+   ``results.csv`` (one row per cell and metric), ``comparison.png`` (grouped bars with std) and
+   ``predictions.png`` (the same validation scenes through each init's detector and segmenter, seed of
+   the first ``--seeds``).
 
 Resumable: a cell whose ``metrics.json`` exists is not recomputed. A failed cell is recorded in
 ``failed.txt`` and shown as "failed" in the table, with its log path; the other cells still run.
@@ -48,11 +51,11 @@ TASK_METRICS = {
 }
 
 # Per preset: extra arguments of each step (on top of each tool's defaults) and the default tasks.
-# "demo" (`make demo`, ~15 min on 2 CPU cores): vit_mini_patch4 pretrained on the colour product photos
-# (configs/pretrain/mini_photos.py: 4 MAE epochs, and 1 epoch of 20k photos supervised as the baseline), then
-# linear probe, and Mask R-CNN / UperNet on the 48 px demo scenes (vitdet_scenes_demo,
-# upernet_mae_scenes_demo). "small": fine-tuning added, 4x longer scene schedules and a supervised
-# baseline with the MAE's pretraining time.
+# "demo" (`make demo`, under 20 min on 2 CPU cores): vit_mini_patch4 pretrained on the colour product
+# photos (configs/pretrain/mini_photos.py: 2 MAE epochs, and beside it the supervised baseline, one pass
+# over the 60k labelled photos in about the same time), then linear probe, fine-tuning, and Mask R-CNN /
+# UperNet on the 48 px demo scenes (vitdet_scenes_demo, upernet_mae_scenes_demo). "small": 4x longer
+# scene schedules and a supervised baseline of 2 epochs.
 _PHOTOS = ["--config", "configs/pretrain/mini_photos.py"]
 PRESETS: dict[str, dict[str, list[str]]] = {
     "demo": {
@@ -68,7 +71,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         "seg": ["--config", "upernet_mae_scenes_demo", "--cfg-options", "train_cfg.max_iters=960"],
     },
 }
-PRESET_TASKS = {"demo": ["linprobe", "det", "seg"], "small": ["linprobe", "finetune", "det", "seg"]}
+PRESET_TASKS = {"demo": ["linprobe", "finetune", "det", "seg"], "small": ["linprobe", "finetune", "det", "seg"]}
 # Downstream cells run side by side, each with its share of the cores. On 2 CPU cores two one-thread
 # cells finish 1.4x sooner than one two-thread cell after the other: the small detection and
 # segmentation models leave a core idle in Python and data work (measured: 0.38 s / iteration with one
@@ -180,28 +183,43 @@ class Runner:
         return m
 
 
-def pretrain_inits(runner: Runner, inits: list[str], extra: dict[str, str]) -> dict[str, str]:
-    """Returns init name -> weights argument ('none' for scratch)."""
-    weights = {}
+def pretrain_inits(runner: Runner, inits: list[str], extra: dict[str, str], jobs: int = 1) -> dict[str, str]:
+    """Pretrain the MAE and the supervised baseline (side by side when ``jobs`` > 1, each with its share
+    of the cores, as the downstream cells); returns init name -> weights argument ('none' for scratch)."""
+    weights, todo = {}, []
     for name in inits:
         if name == "scratch":
             weights[name] = "none"
         elif name in ("mae", "supervised"):
-            mode = "pretrain" if name == "mae" else "supervised"
-            d = runner.out / "pretrain" / name
-            cmd = [PY, "pretrain/run.py", "--mode", mode, "--out", str(d), "--seed", "0", *runner.preset[mode]]
-            keys = ("val_loss", "final_loss") if name == "mae" else ("top1", "final_loss")
-            m = runner.step(f"pretrain {name}", cmd, d, "pre", keys=keys)
+            todo.append(name)
+        else:
+            raise SystemExit(f"compare: unknown init {name!r}; use mae, supervised, scratch or --init NAME=CKPT")
+
+    def pretrain(name: str):
+        mode = "pretrain" if name == "mae" else "supervised"
+        d = runner.out / "pretrain" / name
+        cmd = [PY, "pretrain/run.py", "--mode", mode, "--out", str(d), "--seed", "0", *runner.preset[mode]]
+        keys = ("val_loss", "final_loss") if name == "mae" else ("top1", "final_loss")
+        return name, d, runner.step(f"pretrain {name}", cmd, d, "pre", _thread_env(jobs), keys=keys)
+
+    with ThreadPoolExecutor(max(1, min(jobs, len(todo)))) as pool:
+        for name, d, m in pool.map(pretrain, todo):
             if m is not None:
                 weights[name] = str(d / "checkpoint-final.pth")
                 runner.pretrained[name] = m
-        else:
-            raise SystemExit(f"compare: unknown init {name!r}; use mae, supervised, scratch or --init NAME=CKPT")
     for name, path in extra.items():
         if not Path(path).is_file():
             raise SystemExit(f"compare: --init {name}={path}: file not found")
         weights[name] = str(Path(path).resolve())
     return weights
+
+
+def _thread_env(jobs: int) -> dict | None:
+    """Thread counts for a step that runs beside ``jobs - 1`` others (None: one step, all cores)."""
+    if jobs <= 1:
+        return None
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
 def task_cmd(task: str, weights: str, out_dir: Path, seed: int, preset: dict) -> list[str]:
@@ -226,8 +244,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def budget_line(name: str, m: dict) -> str:
     """What a pretraining cost: epochs, images seen, wall time."""
     seen = (m.get("steps") or 0) * (m.get("effective_batch") or 0)
+    own = f" (its own top-1 on held-out photos: {m['top1']:.1f})" if isinstance(m.get("top1"), (int, float)) else ""
     return (f"{name}: {m.get('epochs')} epoch(s), {m.get('steps')} steps x batch {m.get('effective_batch')} = "
-            f"{seen:,} images seen, {m.get('train_wall_s', m.get('wall_s', 0)):.0f} s")
+            f"{seen:,} images seen, {m.get('train_wall_s', m.get('wall_s', 0)):.0f} s{own}")
 
 
 def _write_csv(path: Path, results: dict):
@@ -434,8 +453,7 @@ def preset_with_args(name: str, specs: list[str]) -> dict[str, list[str]]:
 def run_cells(runner: Runner, cells: list, weights: dict[str, str], jobs: int) -> dict:
     """Run the cells whose init has weights, ``jobs`` at a time (each with cores / jobs threads);
     returns ``{(init, task, seed): metrics or None}``."""
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} if jobs > 1 else None
+    env = _thread_env(jobs)
     results = {(c.init, c.task, c.seed): None for c in cells}
     with ThreadPoolExecutor(jobs) as pool:
         futures = {pool.submit(runner.step, c.name, task_cmd(c.task, weights[c.init], c.dir, c.seed, runner.preset),
@@ -456,15 +474,17 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(out, preset, args.cell_timeout)
-    weights = pretrain_inits(runner, args.inits, extra)
+    weights = pretrain_inits(runner, args.inits, extra, jobs)
     inits = [i for i in [*args.inits, *extra] if i in weights] + [i for i in args.inits if i not in weights]
     cells = [Cell(i, t, s, out / "runs" / t / i / f"seed{s}") for s in args.seeds for t in args.tasks for i in inits]
     results = run_cells(runner, cells, weights, jobs)
     (out / "failed.txt").write_text("\n".join(runner.failed) + ("\n" if runner.failed else ""))
     table = write_results(out, results, inits, args.tasks, args.seeds, runner.failed, args.preset,
                           time.time() - runner.t0, runner.pretrained)
+    figure = transfer_figure(out, inits, args.seeds[0]) if {"det", "seg"} & set(args.tasks) else None
     print("\n" + table + "\n")
     print(f"results: {out.resolve()} (table.md, results.csv, comparison.png"
+          + (", predictions.png" if figure else "")
           + (", pretrain/mae/ reconstructions" if "mae" in weights else "") + ")")
     if runner.failed:
         print(f"{len(runner.failed)} step(s) failed: see {out / 'failed.txt'}")
