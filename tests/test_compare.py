@@ -72,3 +72,28 @@ def test_running_step_shows_progress_and_times_out(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[compare] toy (" in out and "step 2" in out and "\x1b" not in out
     assert compare.last_line(log) == "[compare] timed out after 2.0 s"
+
+
+def test_predictions_figure_draws_every_init_on_the_same_scenes(tmp_path):
+    """predictions.png from the val_predictions.npz files the detection and segmentation cells write."""
+    import numpy as np
+
+    from mae_transfer.data.scenes import generate_scenes
+
+    root = generate_scenes(tmp_path / "scenes", num_train=1, num_val=3, image_size=48, num_items=(1, 2),
+                           item_size=(18, 30), progress=False)
+    files = np.array(sorted(str(p) for p in (root / "images" / "validation").glob("*.jpg")))
+    out = tmp_path / "cmp"
+    det = out / "runs" / "det" / "mae" / "seed0"
+    seg = out / "runs" / "seg" / "scratch" / "seed0"
+    det.mkdir(parents=True)
+    seg.mkdir(parents=True)
+    mask = np.zeros((2, 48, 48), bool)
+    mask[:, 10:30, 12:28] = True
+    np.savez(det / "val_predictions.npz", file_names=files, image_index=np.array([0, 2]),
+             boxes=np.array([[12, 10, 28, 30], [0, 0, 20, 20]], np.float32), classes=np.array([3, 8]),
+             scores=np.array([0.9, 0.6], np.float32), masks=mask)
+    np.savez(seg / "val_predictions.npz", file_names=files, labels=np.random.default_rng(0).integers(0, 11, (3, 48, 48)))
+    path = compare.transfer_figure(out, ["mae", "supervised", "scratch"], 0)
+    assert path == out / "predictions.png" and path.stat().st_size > 20_000
+    assert compare.transfer_figure(tmp_path / "empty", ["mae"], 0) is None
