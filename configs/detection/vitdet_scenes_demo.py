@@ -34,6 +34,9 @@ model.roi_heads.batch_size_per_image = 32
 model.roi_heads.box_pooler.canonical_box_size = model.roi_heads.mask_pooler.canonical_box_size = 48
 # Keep low-score detections: after a short schedule scores are low, and COCO AP ranks detections anyway.
 model.roi_heads.box_predictor.test_score_thresh = 0.01
+# Scenes hold 1-3 items: 20 detections per image leave AP unchanged and cut the mask head's test-time work
+# (with 50, evaluating the 300 validation scenes took 27 s of a 92 s cell).
+model.roi_heads.box_predictor.test_topk_per_image = 20
 dataloader.train.mapper.augmentations = [
     L(T.RandomFlip)(horizontal=True),
     L(T.ResizeScale)(min_scale=0.8, max_scale=1.25, target_height=size, target_width=size),

@@ -5,7 +5,7 @@
 # AdamW + layer decay 0.65, warmup then poly), on the demo scenes that vitdet_scenes_demo.py uses: 48 px,
 # 1-3 items of 18-36 px (a 12x12 token grid; items span 4-9 tokens, as in the 32 px pretraining photos
 # of configs/pretrain/mini_photos.py, whose statistics normalise the input). Trained on 48x48 crops,
-# evaluated on the whole 48 px scene; 360 iterations of batch 8 in bf16 autocast, heads at 10x lr,
+# evaluated on the whole 48 px scene; 300 iterations of batch 8 in bf16 autocast, heads at 10x lr,
 # background weighted 1/4.
 _base_ = ['upernet_mae_mini_scenes.py']
 
@@ -45,7 +45,7 @@ model = dict(
     decode_head=dict(loss_decode=dict(class_weight=_class_weight)),
     auxiliary_head=dict(loss_decode=dict(class_weight=_class_weight)))
 
-max_iters = 360
+max_iters = 300
 # Heads at 10x the encoder's top lr: mmcv's Kaiming init of their convs otherwise leaves them near
 # "background everywhere" after a short schedule whatever the encoder (see ViTLayerDecayOptimizerConstructor).
 # bf16 autocast: a training step takes 0.59x the fp32 time on the CPUs this demo is sized for
