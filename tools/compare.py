@@ -380,9 +380,11 @@ def _scene_ground_truth(file_names: list[str]):
     return images, labels, gt_boxes, [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
 
 
-def transfer_figure(out: Path, inits: list[str], seed: int, score_thresh: float = 0.3) -> Path | None:
+def transfer_figure(out: Path, inits: list[str], seed: int, top_k: int = 3) -> Path | None:
     """``predictions.png``: the same validation scenes through each init's detector and segmenter
-    (downstream seed ``seed``), from the ``val_predictions.npz`` the cells wrote. None if no cell did."""
+    (downstream seed ``seed``), from the ``val_predictions.npz`` the cells wrote; each image shows its
+    ``top_k`` highest-scoring detections with their scores (after a short schedule the scores are low,
+    and a threshold would hide what the detector does). None if no cell wrote predictions."""
     import numpy as np
 
     from mae_transfer.viz import save_transfer_figure
@@ -395,9 +397,12 @@ def transfer_figure(out: Path, inits: list[str], seed: int, score_thresh: float 
         if det.is_file():
             with np.load(det) as d:
                 file_names = file_names or [str(f) for f in d["file_names"]]
-                row["det"] = [[(*d["boxes"][n], d["classes"][n] + 1, d["scores"][n], d["masks"][n])
-                               for n in np.flatnonzero((d["image_index"] == i) & (d["scores"] >= score_thresh))]
-                              for i in range(len(d["file_names"]))]
+                row["det"] = []
+                for i in range(len(d["file_names"])):
+                    idx = np.flatnonzero(d["image_index"] == i)
+                    idx = idx[np.argsort(-d["scores"][idx])][:top_k]
+                    row["det"].append([(*d["boxes"][n], d["classes"][n] + 1, d["scores"][n], d["masks"][n])
+                                       for n in idx])
         if seg.is_file():
             with np.load(seg) as d:
                 file_names = file_names or [str(f) for f in d["file_names"]]
