@@ -40,15 +40,17 @@ def test_default_run_learns_and_beats_random_init_in_linear_probe(tmp_path):
 @pytest.mark.slow
 def test_short_finetune_of_a_pretrained_encoder_ends_above_its_linear_probe(tmp_path):
     """The paper's ordering (ViT-B: fine-tune 83.6 > linear probe 68.0) at the demo's recipe, on the same
-    photos: a short MAE pretraining, then both transfers of that one checkpoint, and a scratch fine-tune."""
+    photos: the demo's MAE pretraining (2 epochs; 1 epoch of 30k photos gave an encoder that fine-tunes
+    worse than random init: 12.5 vs 22.1), then both transfers of that one checkpoint, and a scratch
+    fine-tune."""
     cfg = ["--config", "configs/pretrain/mini_photos.py"]
     pre = tmp_path / "pre"
-    _run("--mode", "pretrain", "--out", str(pre), *cfg, "pretrain.epochs=1", "pretrain.train_subset=30000")
+    _run("--mode", "pretrain", "--out", str(pre), *cfg)
     ckpt = str(pre / "checkpoint-final.pth")
     top1 = {}
     for name, mode, weights in (("lin", "linprobe", ckpt), ("ft", "finetune", ckpt), ("ft_scratch", "finetune", "none")):
         _run("--mode", mode, "--weights", weights, "--out", str(tmp_path / name), *cfg)
         top1[name] = json.loads((tmp_path / name / "metrics.json").read_text())["top1"]
-    # 2000 test photos: one standard error is about 1.1 points
+    # measured in the demo (2026-12-02): 45.9 vs 30.9 vs 22.1; 2000 test photos: one standard error ~1.1
     assert top1["ft"] >= top1["lin"] + 5.0, top1
     assert top1["ft"] >= top1["ft_scratch"] + 5.0, top1
