@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: import the repository's folder
     __package__ = "pretrain"
 
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
-from mae_transfer.common import write_json  # noqa: E402
+from mae_transfer.common import is_random_init, write_json  # noqa: E402
 from mae_transfer.data.datasets import DataError  # noqa: E402
 from . import sweep  # noqa: E402
 from .config import DEFAULT_CONFIG, FIELDS, MODES, ConfigError, load_config, parse_overrides, resolve  # noqa: E402
@@ -85,6 +85,12 @@ def run_mode(cfg: dict, env) -> dict:
     out = Path(cfg["out"])
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output directory {str(out)!r} exists and is not a directory")
+    weights = cfg.get("weights")
+    if cfg["mode"] != "pretrain" and weights and not is_random_init(weights) and out.is_dir() \
+            and Path(weights).resolve().parent == out.resolve():
+        raise ConfigError(f"--out {str(out)!r} is the folder of the checkpoint --weights reads ({weights}): the "
+                          f"{cfg['mode']} run would write its own checkpoint-final.pth and metrics.json over it; "
+                          f"choose another --out")
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".checkpoint-*.tmp"):  # left by a process killed while writing

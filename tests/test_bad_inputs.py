@@ -168,3 +168,36 @@ def test_det_checkpoint_payload_never_runs(how, det_scenes, tmp_path, capsys):
         rc, err = _det(capsys, det_scenes, out, "--resume", "--weights", "none", overrides=["train.max_iter=1"])
     assert_clean_error(rc, err, payload, "refusing")
     assert not marker.exists() and not (out / "metrics.json").exists()
+
+
+# ---- pretrain/run.py -------------------------------------------------------------------------------------
+PRE_TINY = ["model=vit_micro_patch4", "train_subset=32", "eval_subset=32", "batch_size=16", "epochs=1",
+            "progress=false", "log_every=1", "save_every_epochs=0"]
+
+
+def _pretrain(capsys, *argv):
+    from pretrain.run import main
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture()
+def mae_folder(tmp_path):
+    """A folder holding a finished MAE pretraining: checkpoint-final.pth and metrics.json."""
+    d = tmp_path / "mae"
+    save_checkpoint({"model": mae_from_preset("mae_vit_micro_patch4").state_dict(), "config": {}},
+                    d / "checkpoint-final.pth")
+    (d / "metrics.json").write_text('{"mode": "pretrain", "status": "ok"}\n')
+    (d / "config.json").write_text('{"mode": "pretrain"}\n')
+    return d
+
+
+@pytest.mark.parametrize("mode", ["linprobe", "finetune", "partial"])
+def test_transfer_into_the_folder_of_its_checkpoint_is_refused(mode, mae_folder, capsys):
+    ckpt = mae_folder / "checkpoint-final.pth"
+    before = {p.name: digest(p) for p in mae_folder.iterdir()}
+    extra = ["--blocks", "1"] if mode == "partial" else []
+    rc, err = _pretrain(capsys, "--mode", mode, "--weights", str(ckpt), "--out", str(mae_folder), *extra,
+                        *PRE_TINY)
+    assert_clean_error(rc, err, ckpt, "--out")
+    assert {p.name: digest(p) for p in mae_folder.iterdir()} == before
