@@ -28,7 +28,7 @@ from mae_transfer.common import ConfigError, is_random_init, write_json
 from .checkpoint import SafeDetectionCheckpointer, load_weights
 
 __all__ = ["build_model", "do_test", "do_train", "flat_metrics", "write_metrics", "resolve_weights",
-           "save_prediction_figure", "save_predictions"]
+           "save_prediction_figure", "save_predictions", "finished_run_files", "check_output_dir"]
 
 logger = logging.getLogger("detectron2.mae_transfer")
 
@@ -41,6 +41,34 @@ def resolve_weights(weights: str | None) -> str | None:
         raise ConfigError(f"weights file {weights!r} not found; pass --weights FILE, or --weights none "
                                 f"for random initialisation")
     return str(weights)
+
+
+def finished_run_files(output_dir: Path) -> list[str]:
+    """The files of a finished training run in ``output_dir`` (``metrics.json`` of a training, not of an
+    ``--eval-only``; ``model_final.pth``); empty if there is none."""
+    found = []
+    metrics = output_dir / "metrics.json"
+    if metrics.is_file():
+        try:
+            import json
+            eval_only = bool(json.loads(metrics.read_text()).get("eval_only"))
+        except (ValueError, AttributeError, OSError):
+            eval_only = False
+        if not eval_only:
+            found.append("metrics.json")
+    if (output_dir / "model_final.pth").is_file():
+        found.append("model_final.pth")
+    return found
+
+
+def check_output_dir(output_dir: Path, *, resume: bool, eval_only: bool, overwrite: bool):
+    """Refuse to train into a folder holding a finished run unless ``--resume``, ``--eval-only`` or
+    ``--overwrite`` says what to do with it (:class:`ConfigError` naming the folder and its files)."""
+    found = finished_run_files(output_dir)
+    if found and not (resume or eval_only or overwrite):
+        raise ConfigError(f"--output-dir {str(output_dir)!r} holds a finished run ({', '.join(found)}): pass "
+                          f"--resume to continue it, --eval-only to evaluate it, --overwrite to replace it, "
+                          f"or choose another --output-dir")
 
 
 def build_model(cfg) -> torch.nn.Module:

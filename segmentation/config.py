@@ -9,7 +9,8 @@ from pathlib import Path
 
 from mae_transfer.common import ConfigError, find_config, is_random_init
 
-__all__ = ["CONFIG_DIR", "resolve_config", "prepare_config", "follow_max_iters", "leaf_datasets"]
+__all__ = ["CONFIG_DIR", "resolve_config", "prepare_config", "follow_max_iters", "leaf_datasets",
+           "check_work_dir"]
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "segmentation"
@@ -148,3 +149,12 @@ def prepare_config(args):
     _apply_test_mode(cfg, args.test_mode)
     _fit_to_device(cfg, args.launcher)
     return cfg, path
+
+
+def check_work_dir(work_dir: str | Path, *, resume, overwrite: bool):
+    """Refuse to train into a work dir holding a finished run (``metrics.json`` / ``weights.pth``) unless
+    ``--resume`` or ``--overwrite`` is given (:class:`ConfigError` naming the folder and its files)."""
+    found = [n for n in ("metrics.json", "weights.pth") if (Path(work_dir) / n).is_file()]
+    if found and not (resume or overwrite):
+        raise ConfigError(f"--work-dir {str(work_dir)!r} holds a finished run ({', '.join(found)}): pass "
+                          f"--resume to continue it, --overwrite to replace it, or choose another --work-dir")

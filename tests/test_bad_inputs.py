@@ -201,3 +201,56 @@ def test_transfer_into_the_folder_of_its_checkpoint_is_refused(mode, mae_folder,
                         *PRE_TINY)
     assert_clean_error(rc, err, ckpt, "--out")
     assert {p.name: digest(p) for p in mae_folder.iterdir()} == before
+
+
+# ---- finished runs are never silently overwritten ------------------------------------------------------
+def _digests(folder: Path, names=("metrics.json", "model_final.pth", "weights.pth")) -> dict:
+    return {n: digest(folder / n) for n in names if (folder / n).is_file()}
+
+
+@pytest.fixture(scope="module")
+def det_finished(det_scenes, tmp_path_factory):
+    """A finished 1-iteration detection run."""
+    out = tmp_path_factory.mktemp("det_done") / "run"
+    tool = _tool("train_det")
+    tool.cli(["--config", "vitdet_scenes_mini", "--output-dir", str(out), "--vis", "0", "--weights", "none",
+              *DET_TINY, f"data.scenes.root={det_scenes / 's'}", "train.max_iter=1"])
+    assert (out / "metrics.json").is_file() and (out / "model_final.pth").is_file()
+    return out
+
+
+def test_det_training_into_a_finished_output_dir_is_refused(det_finished, det_scenes, capsys):
+    before = _digests(det_finished)
+    rc, err = _det(capsys, det_scenes, det_finished, "--weights", "none", overrides=["train.max_iter=1"])
+    assert_clean_error(rc, err, det_finished, "metrics.json", "--overwrite")
+    assert _digests(det_finished) == before
+
+
+def test_det_eval_only_writes_beside_the_training_metrics(det_finished, det_scenes, capsys):
+    before = _digests(det_finished)
+    rc, err = _det(capsys, det_scenes, det_finished, "--eval-only")
+    assert rc == 0, err
+    assert _digests(det_finished) == before
+    ev = json.loads((det_finished / "eval_metrics.json").read_text())
+    assert ev["eval_only"] and ev["weights"].endswith("model_final.pth")
+
+
+def test_det_overwrite_after_the_overrides_is_an_option(det_finished, det_scenes, tmp_path, capsys):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(det_finished, out)
+    before = json.loads((out / "metrics.json").read_text())
+    rc, err = _det(capsys, det_scenes, out, "--weights", "none", overrides=["train.max_iter=1", "--overwrite"])
+    assert rc == 0, err
+    assert json.loads((out / "metrics.json").read_text())["wall_s"] != before["wall_s"]
+
+
+def test_seg_training_into_a_finished_work_dir_is_refused(scenes, tmp_path, capsys):
+    work = tmp_path / "work"
+    rc, err = _seg(capsys, scenes, work)
+    assert rc == 0, err
+    before = _digests(work)
+    assert set(before) == {"metrics.json", "weights.pth"}
+    rc, err = _seg(capsys, scenes, work)
+    assert_clean_error(rc, err, work, "metrics.json", "--overwrite")
+    assert _digests(work) == before

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from the latest checkpoint in the work dir, or from the given checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into a work dir that holds a finished run (refused without it or --resume)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None,
                    help="dataset in the ADE20K layout (images/<split>, annotations/<split>); default: the config's")
