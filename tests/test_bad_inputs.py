@@ -254,3 +254,22 @@ def test_seg_training_into_a_finished_work_dir_is_refused(scenes, tmp_path, caps
     rc, err = _seg(capsys, scenes, work)
     assert_clean_error(rc, err, work, "metrics.json", "--overwrite")
     assert _digests(work) == before
+
+
+# ---- tools/convert.py ------------------------------------------------------------------------------------
+def _convert(capfd, *argv):
+    """tools/convert.py as a process: its exit status and stderr."""
+    import subprocess
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "convert.py"), *map(str, argv)],
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr
+
+
+def test_convert_refuses_its_input_as_output_and_a_directory(tmp_path, capfd):
+    ckpt = tmp_path / "mae.pth"
+    save_checkpoint({"model": mae_from_preset("mae_vit_micro_patch4").state_dict()}, ckpt)
+    before = digest(ckpt)
+    for dst, words in ((ckpt, "is the input"), (tmp_path, "is a directory")):
+        rc, err = _convert(capfd, ckpt, dst)
+        assert_clean_error(rc, err, dst, words)
+    assert digest(ckpt) == before and list(tmp_path.iterdir()) == [ckpt]
