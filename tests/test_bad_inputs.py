@@ -294,3 +294,55 @@ def test_det_polygon_mask_json_trains_and_evaluates(scenes, tmp_path, capsys):
         "--val-json", str(paths["validation"]), "--val-images", str(scenes / "images" / "validation"),
         *DET_TINY, "train.max_iter=2"]))
     assert "segm/AP" in metrics and "polygons" in (out / "log.txt").read_text()
+
+
+# ---- images: corrupt files, 16-bit depth ------------------------------------------------------------------
+def _tiny_coco(tmp_path, sizes=True) -> tuple[Path, Path]:
+    """Two 32x32 8-bit images with one box each; returns (json, image folder)."""
+    import numpy as np
+    from PIL import Image
+    img_dir = tmp_path / "img"
+    img_dir.mkdir()
+    images, anns = [], []
+    for i in (1, 2):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(img_dir / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", **({"height": 32, "width": 32} if sizes else {})})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 10, 10], "area": 100, "iscrowd": 0})
+    js = tmp_path / "coco.json"
+    js.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}))
+    return js, img_dir
+
+
+@pytest.mark.parametrize("case", ["garbage", "truncated_png_no_size", "16bit_png"])
+def test_det_unusable_image_files_are_named_up_front(case, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from detection.data import CocoFormatError, validate_coco_json
+    js, img_dir = _tiny_coco(tmp_path, sizes=case != "truncated_png_no_size")
+    bad = img_dir / "2.png"
+    if case == "garbage":
+        bad.write_bytes(b"not an image at all")
+    elif case == "truncated_png_no_size":
+        bad.write_bytes(bad.read_bytes()[:40])
+    else:
+        Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(bad)
+    with pytest.raises(CocoFormatError) as e:
+        validate_coco_json(js, img_dir)
+    msg = str(e.value)
+    assert "2.png" in msg and "1.png" not in msg and "\n" not in msg
+    assert ("8-bit" in msg) if case == "16bit_png" else ("not a readable image" in msg)
+
+
+def test_pretrain_reader_scales_16bit_images_instead_of_clipping(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mae_transfer.data.datasets import ImageFolder
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.fromarray(np.full((16, 16), 1000, np.uint16)).save(d / "a.png")        # 16-bit PNG
+    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(d / "b.tif")       # 16-bit TIFF
+    imgs = [np.asarray(ImageFolder(d).load(i)[0]) for i in range(2)]
+    assert imgs[0].shape == (16, 16, 3)
+    assert {int(imgs[0].max()), int(imgs[1].max())} == {round(1000 / 65535 * 255), round(32768 / 65535 * 255)}
