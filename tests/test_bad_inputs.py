@@ -346,3 +346,29 @@ def test_pretrain_reader_scales_16bit_images_instead_of_clipping(tmp_path):
     imgs = [np.asarray(ImageFolder(d).load(i)[0]) for i in range(2)]
     assert imgs[0].shape == (16, 16, 3)
     assert {int(imgs[0].max()), int(imgs[1].max())} == {round(1000 / 65535 * 255), round(32768 / 65535 * 255)}
+
+
+# ---- bad option values ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, names", [
+    ("train.max_iter=abc", ["train.max_iter", "integer", "abc"]),
+    ("dataloader.train.total_batch_size=-2", ["total_batch_size", "> 0"]),
+    ("optimizer.lr=fast", ["optimizer.lr", "number"]),
+    ("train.max_itr=5", ["max_itr", "has no key"]),
+])
+def test_det_bad_override_values(override, names, det_scenes, tmp_path, capsys):
+    rc, err = _det(capsys, det_scenes, tmp_path / "out", "--weights", "none", overrides=[override])
+    assert_clean_error(rc, err, *names)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("option, names", [
+    ("train_cfg.max_itrs=5", ["train_cfg.max_itrs", "has no key"]),
+    ("train_dataloader.batch_size=-2", ["train_dataloader.batch_size", "> 0"]),
+    ("train_cfg.max_iters=abc", ["train_cfg.max_iters", "integer"]),
+    ("optim_wrapper.optimizer.lr=[1]", ["optim_wrapper.optimizer.lr", "number"]),
+    ("no_such_section.x=1", ["no_such_section"]),
+])
+def test_seg_bad_cfg_option_values(option, names, scenes, tmp_path, capsys):
+    rc, err = _seg(capsys, scenes, tmp_path / "work", cfg_options=[option])
+    assert_clean_error(rc, err, *names)
+    assert not (tmp_path / "work" / "metrics.json").exists()
