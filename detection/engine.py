@@ -142,6 +142,40 @@ class _Evals:
         return ret
 
 
+def _resume(checkpointer, trainer) -> int:
+    """Resume from ``last_checkpoint``'s target, or, if that one is torn (an interrupted write), from the
+    newest readable ``model_*.pth`` with a warning; returns the first iteration to run. An unsafe file
+    (pickled code) is never passed over silently: its error stands."""
+    from mae_transfer.checkpoint import CheckpointError
+
+    last = checkpointer.get_checkpoint_file()
+    try:
+        checkpointer.resume_or_load("", resume=True)
+    except CheckpointError as e:
+        if "refusing" in str(e):
+            raise
+        folder = Path(checkpointer.save_dir)
+        others = sorted((p for p in folder.glob("model_*.pth") if str(p) != str(last)),
+                        key=lambda p: (p.name == "model_final.pth", p.name), reverse=True)  # newest first
+        for cand in others:
+            checkpointer._parsed_url_during_load = None  # left set by detectron2's failed load
+            try:
+                checkpointer.load(str(cand))
+            except CheckpointError as e2:
+                if "refusing" in str(e2):
+                    raise
+                continue
+            logger.warning(f"--resume: {last} is unreadable ({e}); resumed from the newest intact checkpoint "
+                           f"{cand} instead")
+            last = cand
+            break
+        else:
+            raise
+    start_iter = trainer.iter + 1
+    logger.info(f"resumed from {last} at iteration {start_iter}")
+    return start_iter
+
+
 def do_train(cfg, weights: str | None, resume: bool = False) -> tuple[dict, torch.nn.Module]:
     """Train ``cfg`` (evaluating every ``train.eval_period`` and at the end). Returns (metrics, model)."""
     t0 = time.perf_counter()
@@ -165,13 +199,18 @@ def do_train(cfg, weights: str | None, resume: bool = False) -> tuple[dict, torc
         if comm.is_main_process() else None,
     ])
     start_iter = 0
+    if resume and comm.is_main_process():
+        for orphan in Path(cfg.train.output_dir).glob(".model_*.pth.*.tmp"):  # a write killed before its rename
+            orphan.unlink(missing_ok=True)
+            logger.warning(f"removed {orphan}, left by a checkpoint write that was killed")
     if resume and checkpointer.has_checkpoint():
-        checkpointer.resume_or_load("", resume=True)
-        start_iter = trainer.iter + 1
-        logger.info(f"resumed from {checkpointer.get_checkpoint_file()} at iteration {start_iter}")
+        start_iter = _resume(checkpointer, trainer)
     elif weights:
         load_weights(model, weights)
     else:
+        if resume:
+            logger.warning(f"--resume: no checkpoint in {cfg.train.output_dir} to resume from; starting from "
+                           f"iteration 0")
         logger.info("no --weights: the whole detector starts from random initialisation")
     if comm.get_world_size() > 1:
         comm.synchronize()

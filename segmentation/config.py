@@ -188,7 +188,13 @@ def prepare_config(args):
     if args.weights is not None:
         cfg.model.backbone.pretrained = None if is_random_init(args.weights) else args.weights
     if args.resume == "auto":
-        cfg.resume = True
+        from .checkpoint import remove_orphans, resume_candidate
+        remove_orphans(cfg.work_dir) if Path(cfg.work_dir).is_dir() else None
+        found = resume_candidate(cfg.work_dir)
+        if found is None:
+            from .checkpoint import _warn
+            _warn(f"--resume: no checkpoint in {cfg.work_dir} to resume from; starting from iteration 0")
+        cfg.resume, cfg.load_from = (True, str(found)) if found else (False, None)
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     _apply_data_root(cfg, args.data_root)

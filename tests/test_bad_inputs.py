@@ -109,7 +109,8 @@ SEG_FAST = ["train_dataloader.batch_size=2", "val_dataloader.batch_size=2", "par
 def _seg(capsys, scenes, work, *extra, cfg_options=()):
     rc = train_seg.main(["--config", "upernet_mae_mini_scenes", "--weights", "none", "--work-dir", str(work),
                          "--data-root", str(scenes), *extra, "--cfg-options", *SEG_FAST, *cfg_options])
-    return rc, capsys.readouterr().err
+    out = capsys.readouterr()
+    return rc, out.err + out.out
 
 
 @pytest.mark.parametrize("how", ["resume_file", "last_checkpoint", "load_from", "raw_pickle_load_from"])
@@ -372,3 +373,56 @@ def test_seg_bad_cfg_option_values(option, names, scenes, tmp_path, capsys):
     rc, err = _seg(capsys, scenes, tmp_path / "work", cfg_options=[option])
     assert_clean_error(rc, err, *names)
     assert not (tmp_path / "work" / "metrics.json").exists()
+
+
+# ---- crash safety: atomic checkpoints, fall-back to the newest intact one, orphans removed ---------------
+def test_seg_resume_falls_back_from_a_torn_checkpoint_and_removes_orphans(scenes, tmp_path, capsys):
+    import mmengine.runner.runner as mm_runner
+
+    from segmentation.checkpoint import atomic_save_checkpoint
+    assert mm_runner.save_checkpoint is atomic_save_checkpoint  # mmengine's writes go through atomic_write
+    work = tmp_path / "work"
+    rc, err = _seg(capsys, scenes, work, cfg_options=["train_cfg.max_iters=2", "default_hooks.checkpoint.interval=1",
+                                                   "default_hooks.checkpoint.max_keep_ckpts=3"])
+    assert rc == 0, err
+    assert (work / "last_checkpoint").read_text().strip().endswith("iter_2.pth")
+    torn = work / "iter_2.pth"
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])  # a write killed half-way (no rename)
+    orphan = work / ".iter_3.pth.x1y2.tmp"
+    orphan.write_bytes(b"\0" * 100)
+    rc, err = _seg(capsys, scenes, work, "--resume",
+                   cfg_options=["train_cfg.max_iters=3", "default_hooks.checkpoint.interval=1"])
+    assert rc == 0, err
+    assert "iter_2.pth" in err and "torn" in err and "iter_1.pth" in err
+    assert not orphan.exists()
+    assert json.loads((work / "metrics.json").read_text())["iters"] == 3
+
+
+def test_seg_resume_with_nothing_to_resume_says_so(scenes, tmp_path, capsys):
+    rc, err = _seg(capsys, scenes, tmp_path / "work", "--resume")
+    assert rc == 0, err
+    assert "no checkpoint" in err and "iteration 0" in err
+
+
+def test_det_resume_falls_back_from_a_torn_checkpoint_and_removes_orphans(det_scenes, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, err = _det(capsys, det_scenes, out, "--weights", "none",
+                   overrides=["train.max_iter=2", "train.checkpointer.period=1", "train.checkpointer.max_to_keep=3"])
+    assert rc == 0, err
+    final = out / "model_final.pth"
+    assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])
+    orphan = out / ".model_0000005.pth.abc123.tmp"
+    orphan.write_bytes(b"\0" * 100)
+    rc, err = _det(capsys, det_scenes, out, "--resume", "--weights", "none", overrides=["train.max_iter=3"])
+    assert rc == 0, err
+    log = (out / "log.txt").read_text()
+    assert "model_final.pth is unreadable" in log and "model_0000001.pth instead" in log and not orphan.exists()
+    assert json.loads((out / "metrics.json").read_text())["start_iter"] == 2
+
+
+def test_det_resume_with_nothing_to_resume_says_so(det_scenes, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, err = _det(capsys, det_scenes, out, "--resume", "--weights", "none", overrides=["train.max_iter=1"])
+    assert rc == 0, err
+    assert "no checkpoint" in (out / "log.txt").read_text()
