@@ -87,18 +87,25 @@ def scenes(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _fresh_mm_loggers():
-    """mmengine keeps its loggers (and their stderr handlers) across in-process runs: start each case with
-    none, so a case's messages go to its own captured stderr."""
+def _fresh_mm_singletons():
+    """mmengine keeps its global instances (loggers with their stderr handlers, the visualizer with its
+    save dir, message hubs) across in-process runs, where each real run has a process of its own: drop
+    them after each case, so the next case (and the next test module) starts as a new process would."""
     yield
     try:
         from mmengine.logging import MMLogger
+        from mmengine.utils import ManagerMixin
     except ImportError:
         return
-    for name in list(MMLogger._instance_dict):
-        for h in MMLogger._instance_dict[name].handlers:
+    for logger in MMLogger._instance_dict.values():
+        for h in logger.handlers:
             h.close()
-        MMLogger._instance_dict.pop(name)
+    stack = [ManagerMixin]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if "_instance_dict" in vars(cls):
+            cls._instance_dict.clear()
 
 
 SEG_FAST = ["train_dataloader.batch_size=2", "val_dataloader.batch_size=2", "param_scheduler=[]",
