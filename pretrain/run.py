@@ -95,7 +95,6 @@ def run_mode(cfg: dict, env) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".checkpoint-*.tmp"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
-        write_json(cfg, out / "config.json")
     _setup_logging(out, env.is_main)
     logger.info("output directory: %s", out.resolve())
     t0 = time.time()
@@ -107,6 +106,8 @@ def run_mode(cfg: dict, env) -> dict:
         task = ClassifyTask(cfg, env)
     trainer = Trainer(cfg, task, env, out, checkpoint_extra={"model_kwargs": task.model_kwargs})
     trainer.maybe_resume()
+    if env.is_main:  # only once the config is known to run: a refused one leaves the folder's as it was
+        write_json(cfg, out / "config.json")
     logger.info("%s %s: %d epochs x %d iterations, effective batch %d, peak lr %.3g, precision %s, %d process(es)",
                 cfg["mode"], cfg["model"], cfg["epochs"], trainer.iters_per_epoch, trainer.eff_batch,
                 trainer.peak_lr, trainer.precision, env.world_size)

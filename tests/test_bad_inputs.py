@@ -433,3 +433,13 @@ def test_det_resume_with_nothing_to_resume_says_so(det_scenes, tmp_path, capsys)
     rc, err = _det(capsys, det_scenes, out, "--resume", "--weights", "none", overrides=["train.max_iter=1"])
     assert rc == 0, err
     assert "no checkpoint" in (out / "log.txt").read_text()
+
+
+def test_pretrain_mask_ratio_0_is_refused_and_leaves_config_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"mode": "pretrain", "mask_ratio": 0.75}\n')
+    before = digest(out / "config.json")
+    rc, err = _pretrain(capsys, "--out", str(out), *PRE_TINY, "mask_ratio=0")
+    assert_clean_error(rc, err, "mask_ratio", "(0, 1)")
+    assert digest(out / "config.json") == before and not (out / "metrics.json").exists()
