@@ -57,6 +57,8 @@ class ValidationReport:
     uses_rle: bool = False
     skipped: Counter = field(default_factory=Counter)   # reason -> annotations dropped
     repaired: Counter = field(default_factory=Counter)  # what -> items fixed
+    # reason -> polygons / masks dropped (their annotation counts in ``skipped`` only if no mask is left)
+    dropped_masks: Counter = field(default_factory=Counter)
 
     def __str__(self):
         s = (f"{self.json_file}: {self.num_images} images, {self.num_annotations} annotations, "
@@ -64,6 +66,8 @@ class ValidationReport:
         if self.skipped:
             s += f"; skipped {sum(self.skipped.values())} annotations (" + \
                  ", ".join(f"{n} {r}" for r, n in self.skipped.most_common()) + ")"
+        if self.dropped_masks:
+            s += "; dropped masks / polygons: " + ", ".join(f"{n} {r}" for r, n in self.dropped_masks.most_common())
         if self.repaired:
             s += "; repaired: " + ", ".join(f"{n} {r}" for r, n in self.repaired.most_common())
         return s
@@ -290,7 +294,7 @@ def _clean_annotation(a: dict, im: dict, ids: _AnnotationIds, has_masks: bool, r
         out["iscrowd"] = 1
         report.repaired["'ignore' annotations turned into crowd regions"] += 1
     out["id"] = ids(a.get("id"))
-    segm, stats = _clean_mask(a.get("segmentation"), im["height"], im["width"], report.skipped)
+    segm, stats = _clean_mask(a.get("segmentation"), im["height"], im["width"], report.dropped_masks)
     if segm:
         out["segmentation"] = segm
         report.uses_rle |= isinstance(segm, dict) and not out["iscrowd"]

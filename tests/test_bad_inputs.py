@@ -443,3 +443,15 @@ def test_pretrain_mask_ratio_0_is_refused_and_leaves_config_json(tmp_path, capsy
     rc, err = _pretrain(capsys, "--out", str(out), *PRE_TINY, "mask_ratio=0")
     assert_clean_error(rc, err, "mask_ratio", "(0, 1)")
     assert digest(out / "config.json") == before and not (out / "metrics.json").exists()
+
+
+def test_det_two_point_polygon_is_one_skipped_annotation(tmp_path):
+    from detection.data import validate_coco_json
+    js, img_dir = _tiny_coco(tmp_path)
+    data = json.loads(js.read_text())
+    data["annotations"][0]["segmentation"] = [[4, 4, 14, 14]]  # 2 points
+    data["annotations"][1]["segmentation"] = [[4, 4, 14, 4, 14, 14, 4, 14]]
+    js.write_text(json.dumps(data))
+    clean, rep = validate_coco_json(js, img_dir)
+    assert sum(rep.skipped.values()) == 1 and len(clean["annotations"]) == 1
+    assert "skipped 1 annotations" in str(rep)
