@@ -13,7 +13,7 @@ from typing import IO, Callable
 import torch.nn as nn
 
 __all__ = ["ConfigError", "atomic_write", "write_json", "is_random_init", "find_config", "find_submodule",
-           "encoder_depth", "check_override_value"]
+           "encoder_depth", "check_override_value", "disk_full_message"]
 
 
 class ConfigError(ValueError):
@@ -133,3 +133,17 @@ def check_override_value(option: str, key: str, old, new):
             raise ConfigError(f"override {option!r}: {key} must be > 0, got {new!r}")
         if leaf in NON_NEGATIVE_KEYS and not new >= 0:
             raise ConfigError(f"override {option!r}: {key} must be >= 0, got {new!r}")
+
+
+def disk_full_message(e: BaseException, output_dir: str | os.PathLike | None = None) -> str | None:
+    """For an ``OSError`` of a full disk or quota (ENOSPC, EDQUOT): one line saying which file could not
+    be written and what is intact; None for any other error."""
+    import errno
+
+    if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return None
+    where = f" writing {e.filename}" if e.filename else ""
+    folder = f" in {output_dir}" if output_dir else ""
+    return (f"no space left on the device{where} ({e.strerror}). Files written before{folder} are intact "
+            f"(checkpoints and metrics are written to a temp file and renamed): free space, then rerun with "
+            f"--resume to continue from the last complete checkpoint")

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: import the repository's folder
     __package__ = "pretrain"
 
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
-from mae_transfer.common import is_random_init, write_json  # noqa: E402
+from mae_transfer.common import disk_full_message, is_random_init, write_json  # noqa: E402
 from mae_transfer.data.datasets import DataError  # noqa: E402
 from . import sweep  # noqa: E402
 from .config import DEFAULT_CONFIG, FIELDS, MODES, ConfigError, load_config, parse_overrides, resolve  # noqa: E402
@@ -172,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"error: {msg}", file=sys.stderr, flush=True)
         return 3 if isinstance(e, TrainingDiverged) else 2
+    except OSError as e:
+        msg = disk_full_message(e, args.out)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+        return 2
     finally:
         shutdown()
     return 0

@@ -455,3 +455,24 @@ def test_det_two_point_polygon_is_one_skipped_annotation(tmp_path):
     clean, rep = validate_coco_json(js, img_dir)
     assert sum(rep.skipped.values()) == 1 and len(clean["annotations"]) == 1
     assert "skipped 1 annotations" in str(rep)
+
+
+def test_pretrain_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, capsys, monkeypatch):
+    """A full disk while the final checkpoint is written (fault injected into torch.save): one line naming
+    the file; the folder's earlier checkpoint is intact and no temp file is left."""
+    import errno
+
+    import mae_transfer.checkpoint as ck
+    out = tmp_path / "run"
+    assert _pretrain(capsys, "--out", str(out), *PRE_TINY, "epochs=2", "save_every_epochs=1")[0] == 0
+    periodic = sorted(out.glob("checkpoint-ep*.pth"))[-1]
+    before = digest(periodic)
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device", getattr(f, "name", None))
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    rc, err = _pretrain(capsys, "--out", str(tmp_path / "run2"), *PRE_TINY)
+    assert_clean_error(rc, err, "no space left", "intact", "--resume")
+    assert digest(periodic) == before and not list((tmp_path / "run2").glob(".*.tmp"))

@@ -127,6 +127,13 @@ def _main_or_exit(args):
     except (ConfigError, CocoFormatError, CheckpointError) as e:
         print(f"train_det.py: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except OSError as e:
+        from mae_transfer.common import disk_full_message
+        msg = disk_full_message(e, args.output_dir)
+        if msg is None:
+            raise
+        print(f"train_det.py: error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cli(argv=None):

@@ -70,6 +70,10 @@ def main(argv=None) -> int:
         print(f"train_seg.py: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # raised in a data-loader worker, ours arrives wrapped: unwrap it
+        from mae_transfer.common import disk_full_message
+        if disk_full_message(e, args.work_dir):
+            print(f"train_seg.py: error: {disk_full_message(e, args.work_dir)}", file=sys.stderr)
+            return 2
         msg = str(e).strip()
         if any(t in msg for t in ("SegDataError", "CheckpointError", "CheckpointMismatchError", "ConfigError")):
             print(f"train_seg.py: error: {msg.splitlines()[-1]}", file=sys.stderr)
