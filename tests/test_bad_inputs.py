@@ -241,6 +241,10 @@ def test_det_eval_only_writes_beside_the_training_metrics(det_finished, det_scen
     assert _digests(det_finished) == before
     ev = json.loads((det_finished / "eval_metrics.json").read_text())
     assert ev["eval_only"] and ev["weights"].endswith("model_final.pth")
+    # the evaluation ran through faster-coco-eval's C++ COCOeval, not pycocotools' Python one
+    import detectron2.evaluation.coco_evaluation as coco_evaluation
+    from faster_coco_eval import COCOeval_faster
+    assert coco_evaluation.COCOeval_opt is COCOeval_faster
 
 
 def test_det_overwrite_after_the_overrides_is_an_option(det_finished, det_scenes, tmp_path, capsys):
