@@ -13,7 +13,7 @@ from detectron2.config import LazyConfig
 from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
-from mae_transfer.common import ConfigError, find_config
+from mae_transfer.common import ConfigError, check_override_value, find_config
 
 __all__ = ["ConfigError", "CONFIG_DIR", "resolve_config", "load_config"]
 
@@ -54,7 +54,12 @@ def load_config(name: str, overrides: list[str] = ()) -> DictConfig:
         if leaf not in node and not (key.startswith("data.") or _accepts(node, leaf)):
             raise ConfigError(f"override {ov!r}: {parent or 'config'} has no key {leaf!r} "
                            f"(keys: {', '.join(map(str, node.keys()))})")
+    old = {ov.split("=", 1)[0]: OmegaConf.select(cfg, ov.split("=", 1)[0], default=None) for ov in overrides}
     try:
-        return LazyConfig.apply_overrides(cfg, list(overrides))
+        cfg = LazyConfig.apply_overrides(cfg, list(overrides))
     except Exception as e:  # noqa: BLE001 - hydra's parser errors, re-raised naming the overrides
         raise ConfigError(f"cannot apply overrides {list(overrides)}: {e}") from None
+    for ov in overrides:
+        key = ov.split("=", 1)[0]
+        check_override_value(ov, key, old[key], OmegaConf.select(cfg, key, default=None))
+    return cfg

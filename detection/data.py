@@ -57,6 +57,8 @@ class ValidationReport:
     uses_rle: bool = False
     skipped: Counter = field(default_factory=Counter)   # reason -> annotations dropped
     repaired: Counter = field(default_factory=Counter)  # what -> items fixed
+    # reason -> polygons / masks dropped (their annotation counts in ``skipped`` only if no mask is left)
+    dropped_masks: Counter = field(default_factory=Counter)
 
     def __str__(self):
         s = (f"{self.json_file}: {self.num_images} images, {self.num_annotations} annotations, "
@@ -64,6 +66,8 @@ class ValidationReport:
         if self.skipped:
             s += f"; skipped {sum(self.skipped.values())} annotations (" + \
                  ", ".join(f"{n} {r}" for r, n in self.skipped.most_common()) + ")"
+        if self.dropped_masks:
+            s += "; dropped masks / polygons: " + ", ".join(f"{n} {r}" for r, n in self.dropped_masks.most_common())
         if self.repaired:
             s += "; repaired: " + ", ".join(f"{n} {r}" for r, n in self.repaired.most_common())
         return s
@@ -126,11 +130,24 @@ def _mask_stats(segm, h: int, w: int) -> tuple[float, list[float]] | None:
     return (area, [float(v) for v in mask_util.toBbox(rle)]) if area > 0 else None
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def _image_problem(path: Path) -> tuple[str | None, tuple[int, int] | None]:
+    """``(problem, (height, width))`` of an image file from its header (``PIL.Image.verify``): problem is
+    None for a readable 8-bit image, else why detectron2 cannot train on it (undecodable; more than 8
+    bits per channel, which detectron2's ``read_image`` would clip to white)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return im.height, im.width
+    from mae_transfer.data.datasets import HIGH_BIT_DEPTH_MODES
+
+    try:
+        with Image.open(path) as im:
+            size, mode = (im.height, im.width), im.mode
+            im.verify()
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds; reported with the file named
+        return f"not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", None
+    if mode in HIGH_BIT_DEPTH_MODES:
+        return (f"{mode} image of more than 8 bits per channel, which detectron2 reads clipped to white: "
+                f"convert it to 8-bit"), size
+    return None, size
 
 
 def _read_json(json_file: Path, image_root: Path) -> dict:
@@ -169,7 +186,7 @@ def _categories(data: dict, src: str) -> dict[int, dict]:
 
 def _images(data: dict, src: str, image_root: Path, check_files: bool, report: ValidationReport) -> dict[int, dict]:
     """id -> image with a positive size (read from the file where the json lacks it); files must exist."""
-    images, missing_files = {}, []
+    images, missing_files, bad_files = {}, [], []
     for i, im in enumerate(data["images"]):
         if not isinstance(im, dict) or not isinstance(im.get("id"), int) or not isinstance(im.get("file_name"), str):
             raise CocoFormatError(f"{src}: images[{i}] needs an integer 'id' and a 'file_name', got {im!r:.120}")
@@ -180,15 +197,23 @@ def _images(data: dict, src: str, image_root: Path, check_files: bool, report: V
             missing_files.append(im["file_name"])
             continue
         h, w = im.get("height"), im.get("width")
+        if check_files:
+            problem, size = _image_problem(path)
+            if problem:
+                bad_files.append(f"{im['file_name']}: {problem}")
+                continue
         if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
             if not check_files:
                 raise CocoFormatError(f"{src}: images[{i}] ({im['file_name']}) lacks a positive 'height'/'width'")
-            h, w = _image_size(path)
+            h, w = size
             report.repaired["image sizes read from the files"] += 1
         images[im["id"]] = {"id": im["id"], "file_name": im["file_name"], "height": h, "width": w}
     if missing_files:
         raise CocoFormatError(f"{src}: {len(missing_files)} image files missing under {image_root}: "
                               f"{_items(missing_files)}")
+    if bad_files:
+        raise CocoFormatError(f"{src}: {len(bad_files)} unusable image files under {image_root}: "
+                              f"{'; '.join(bad_files[:3])}{' ...' if len(bad_files) > 3 else ''}")
     if not images:
         raise CocoFormatError(f"{src}: empty dataset, 'images' is empty")
     return images
@@ -269,7 +294,7 @@ def _clean_annotation(a: dict, im: dict, ids: _AnnotationIds, has_masks: bool, r
         out["iscrowd"] = 1
         report.repaired["'ignore' annotations turned into crowd regions"] += 1
     out["id"] = ids(a.get("id"))
-    segm, stats = _clean_mask(a.get("segmentation"), im["height"], im["width"], report.skipped)
+    segm, stats = _clean_mask(a.get("segmentation"), im["height"], im["width"], report.dropped_masks)
     if segm:
         out["segmentation"] = segm
         report.uses_rle |= isinstance(segm, dict) and not out["iscrowd"]

@@ -28,7 +28,7 @@ from mae_transfer.common import ConfigError, atomic_write, is_random_init, write
 from .checkpoint import SafeDetectionCheckpointer, load_weights
 
 __all__ = ["build_model", "do_test", "do_train", "flat_metrics", "write_metrics", "resolve_weights",
-           "save_prediction_figure", "save_predictions"]
+           "save_prediction_figure", "save_predictions", "finished_run_files", "check_output_dir"]
 
 logger = logging.getLogger("detectron2.mae_transfer")
 
@@ -41,6 +41,34 @@ def resolve_weights(weights: str | None) -> str | None:
         raise ConfigError(f"weights file {weights!r} not found; pass --weights FILE, or --weights none "
                                 f"for random initialisation")
     return str(weights)
+
+
+def finished_run_files(output_dir: Path) -> list[str]:
+    """The files of a finished training run in ``output_dir`` (``metrics.json`` of a training, not of an
+    ``--eval-only``; ``model_final.pth``); empty if there is none."""
+    found = []
+    metrics = output_dir / "metrics.json"
+    if metrics.is_file():
+        try:
+            import json
+            eval_only = bool(json.loads(metrics.read_text()).get("eval_only"))
+        except (ValueError, AttributeError, OSError):
+            eval_only = False
+        if not eval_only:
+            found.append("metrics.json")
+    if (output_dir / "model_final.pth").is_file():
+        found.append("model_final.pth")
+    return found
+
+
+def check_output_dir(output_dir: Path, *, resume: bool, eval_only: bool, overwrite: bool):
+    """Refuse to train into a folder holding a finished run unless ``--resume``, ``--eval-only`` or
+    ``--overwrite`` says what to do with it (:class:`ConfigError` naming the folder and its files)."""
+    found = finished_run_files(output_dir)
+    if found and not (resume or eval_only or overwrite):
+        raise ConfigError(f"--output-dir {str(output_dir)!r} holds a finished run ({', '.join(found)}): pass "
+                          f"--resume to continue it, --eval-only to evaluate it, --overwrite to replace it, "
+                          f"or choose another --output-dir")
 
 
 def build_model(cfg) -> torch.nn.Module:
@@ -114,6 +142,40 @@ class _Evals:
         return ret
 
 
+def _resume(checkpointer, trainer) -> int:
+    """Resume from ``last_checkpoint``'s target, or, if that one is torn (an interrupted write), from the
+    newest readable ``model_*.pth`` with a warning; returns the first iteration to run. An unsafe file
+    (pickled code) is never passed over silently: its error stands."""
+    from mae_transfer.checkpoint import CheckpointError
+
+    last = checkpointer.get_checkpoint_file()
+    try:
+        checkpointer.resume_or_load("", resume=True)
+    except CheckpointError as e:
+        if "refusing" in str(e):
+            raise
+        folder = Path(checkpointer.save_dir)
+        others = sorted((p for p in folder.glob("model_*.pth") if str(p) != str(last)),
+                        key=lambda p: (p.name == "model_final.pth", p.name), reverse=True)  # newest first
+        for cand in others:
+            checkpointer._parsed_url_during_load = None  # left set by detectron2's failed load
+            try:
+                checkpointer.load(str(cand))
+            except CheckpointError as e2:
+                if "refusing" in str(e2):
+                    raise
+                continue
+            logger.warning(f"--resume: {last} is unreadable ({e}); resumed from the newest intact checkpoint "
+                           f"{cand} instead")
+            last = cand
+            break
+        else:
+            raise
+    start_iter = trainer.iter + 1
+    logger.info(f"resumed from {last} at iteration {start_iter}")
+    return start_iter
+
+
 def do_train(cfg, weights: str | None, resume: bool = False) -> tuple[dict, torch.nn.Module]:
     """Train ``cfg`` (evaluating every ``train.eval_period`` and at the end). Returns (metrics, model)."""
     t0 = time.perf_counter()
@@ -137,13 +199,18 @@ def do_train(cfg, weights: str | None, resume: bool = False) -> tuple[dict, torc
         if comm.is_main_process() else None,
     ])
     start_iter = 0
+    if resume and comm.is_main_process():
+        for orphan in Path(cfg.train.output_dir).glob(".model_*.pth.*.tmp"):  # a write killed before its rename
+            orphan.unlink(missing_ok=True)
+            logger.warning(f"removed {orphan}, left by a checkpoint write that was killed")
     if resume and checkpointer.has_checkpoint():
-        checkpointer.resume_or_load("", resume=True)
-        start_iter = trainer.iter + 1
-        logger.info(f"resumed from {checkpointer.get_checkpoint_file()} at iteration {start_iter}")
+        start_iter = _resume(checkpointer, trainer)
     elif weights:
         load_weights(model, weights)
     else:
+        if resume:
+            logger.warning(f"--resume: no checkpoint in {cfg.train.output_dir} to resume from; starting from "
+                           f"iteration 0")
         logger.info("no --weights: the whole detector starts from random initialisation")
     if comm.get_world_size() > 1:
         comm.synchronize()

@@ -78,17 +78,18 @@ def _short_list(keys: Iterable[str], limit: int = 12) -> str:
 
 
 # ---- reading -------------------------------------------------------------------------------------
-def load_file(path: str | os.PathLike) -> dict:
+def load_file(path: str | os.PathLike, *, safe_globals: Iterable = (), map_location="cpu") -> dict:
     """``torch.load(path, weights_only=True)`` with errors that name the file.
 
     The MAE reference stores its argparse ``args`` in training checkpoints: that one plain class is
-    allowed; any other pickled object (code-execution payloads included) is refused."""
+    allowed, and so are the classes of ``safe_globals`` (a framework's own plain state classes, e.g.
+    mmengine's ``HistoryBuffer``); any other pickled object (code-execution payloads included) is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace, *safe_globals]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         text = str(e)
         unsafe = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)
@@ -98,12 +99,46 @@ def load_file(path: str | os.PathLike) -> dict:
                 f"refusing to load {str(path)!r}: it contains pickled Python objects beyond tensors and "
                 f"plain containers ({what}), which could run code. Re-save it as a plain state dict from a "
                 f"trusted environment.") from None
+        code = _pickled_code(path)
+        if code:
+            raise CheckpointError(
+                f"refusing to load {str(path)!r}: it is a raw pickle holding Python objects ({code}), which "
+                f"could run code. Re-save it as a plain state dict with torch.save from a trusted environment."
+            ) from None
         first = next((ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln), "")
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: corrupt, truncated or not a PyTorch "
                               f"checkpoint ({type(e).__name__}{': ' + first if first else ''})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict of tensors")
     return obj
+
+
+def _pickled_code(path: Path) -> str | None:
+    """For a file torch cannot read: if it is a plain pickle (not a torch zip) that imports globals or
+    calls them, the first global it names (e.g. ``posix.system``); else None. Reads the opcodes only,
+    nothing is unpickled."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return None
+    strings, found = [], None
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(arg)
+                elif op.name in ("GLOBAL", "INST"):
+                    found = str(arg).replace(" ", ".")
+                elif op.name == "STACK_GLOBAL":
+                    found = ".".join(strings[-2:]) if len(strings) >= 2 else "a global"
+                elif op.name in ("REDUCE", "OBJ", "NEWOBJ", "NEWOBJ_EX") and found is None:
+                    found = "a call"
+                if found:
+                    return found
+    except Exception:  # noqa: BLE001 - not a pickle at all, or truncated: not our question
+        return found
+    return None
 
 
 def extract_state_dict(obj: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import IO, Callable
 import torch.nn as nn
 
 __all__ = ["ConfigError", "atomic_write", "write_json", "is_random_init", "find_config", "find_submodule",
-           "encoder_depth"]
+           "encoder_depth", "check_override_value", "disk_full_message"]
 
 
 class ConfigError(ValueError):
@@ -105,3 +105,45 @@ def find_config(name: str | os.PathLike, config_dir: str | os.PathLike) -> Path:
             return cand
     known = sorted(c.name for c in config_dir.glob("*.py") if not c.name.startswith("_"))
     raise ConfigError(f"config {str(name)!r} is neither a file nor one of {config_dir}: {', '.join(known)}")
+
+
+# Config leaves that must be positive (or, for the second set, non-negative) whatever the framework.
+POSITIVE_KEYS = ("max_iter", "max_iters", "total_batch_size", "batch_size", "val_interval", "interval", "period",
+                 "lr", "epochs", "max_epochs")
+NON_NEGATIVE_KEYS = ("num_workers", "eval_period", "log_period", "weight_decay", "warmup_iters")
+
+
+def check_override_value(option: str, key: str, old, new):
+    """A ``key=value`` override's value against the config's current one: same kind of value (an int
+    stays an int; a float takes an int; a bool stays a bool; a number does not become a string), and
+    counts / sizes / rates in range. Raises :class:`ConfigError` naming ``option``."""
+    leaf = key.rsplit(".", 1)[-1]
+    kind = None
+    if isinstance(old, bool):
+        kind = (bool,)
+    elif isinstance(old, int):
+        kind = (int,)
+    elif isinstance(old, float):
+        kind = (int, float)
+    if kind and old is not None and (not isinstance(new, kind) or (isinstance(new, bool) and bool not in kind)):
+        raise ConfigError(f"override {option!r}: {key} must be {'a bool' if kind == (bool,) else 'an integer' if kind == (int,) else 'a number'} "
+                          f"(the config has {old!r}), got {new!r}")
+    if isinstance(new, (int, float)) and not isinstance(new, bool):
+        if leaf in POSITIVE_KEYS and not new > 0:
+            raise ConfigError(f"override {option!r}: {key} must be > 0, got {new!r}")
+        if leaf in NON_NEGATIVE_KEYS and not new >= 0:
+            raise ConfigError(f"override {option!r}: {key} must be >= 0, got {new!r}")
+
+
+def disk_full_message(e: BaseException, output_dir: str | os.PathLike | None = None) -> str | None:
+    """For an ``OSError`` of a full disk or quota (ENOSPC, EDQUOT): one line saying which file could not
+    be written and what is intact; None for any other error."""
+    import errno
+
+    if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return None
+    where = f" writing {e.filename}" if e.filename else ""
+    folder = f" in {output_dir}" if output_dir else ""
+    return (f"no space left on the device{where} ({e.strerror}). Files written before{folder} are intact "
+            f"(checkpoints and metrics are written to a temp file and renamed): free space, then rerun with "
+            f"--resume to continue from the last complete checkpoint")

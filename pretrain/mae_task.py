@@ -31,8 +31,9 @@ def target_of(cfg: dict) -> str:
 
 def check_mae_config(cfg: dict, patch_size: int):
     """Raise :class:`ConfigError` naming both fields for a combination that cannot be run."""
-    if not 0.0 <= cfg["mask_ratio"] < 1.0:
-        raise ConfigError(f"mask_ratio must be in [0, 1), got {cfg['mask_ratio']}")
+    if not 0.0 < cfg["mask_ratio"] < 1.0:
+        raise ConfigError(f"mask_ratio must be in (0, 1), got {cfg['mask_ratio']}"
+                          f"{': with no patch masked the MAE loss (over masked patches) is undefined' if cfg['mask_ratio'] == 0 else ''}")
     if cfg["img_size"] % patch_size:
         raise ConfigError(f"img_size {cfg['img_size']} is not a multiple of the patch size {patch_size}")
     if cfg["mask_sampling"] == "grid":

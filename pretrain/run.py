@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: import the repository's folder
     __package__ = "pretrain"
 
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
-from mae_transfer.common import write_json  # noqa: E402
+from mae_transfer.common import disk_full_message, is_random_init, write_json  # noqa: E402
 from mae_transfer.data.datasets import DataError  # noqa: E402
 from . import sweep  # noqa: E402
 from .config import DEFAULT_CONFIG, FIELDS, MODES, ConfigError, load_config, parse_overrides, resolve  # noqa: E402
@@ -85,11 +85,16 @@ def run_mode(cfg: dict, env) -> dict:
     out = Path(cfg["out"])
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output directory {str(out)!r} exists and is not a directory")
+    weights = cfg.get("weights")
+    if cfg["mode"] != "pretrain" and weights and not is_random_init(weights) and out.is_dir() \
+            and Path(weights).resolve().parent == out.resolve():
+        raise ConfigError(f"--out {str(out)!r} is the folder of the checkpoint --weights reads ({weights}): the "
+                          f"{cfg['mode']} run would write its own checkpoint-final.pth and metrics.json over it; "
+                          f"choose another --out")
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".checkpoint-*.tmp"):  # left by a process killed while writing
             stale.unlink(missing_ok=True)
-        write_json(cfg, out / "config.json")
     _setup_logging(out, env.is_main)
     logger.info("output directory: %s", out.resolve())
     t0 = time.time()
@@ -101,6 +106,8 @@ def run_mode(cfg: dict, env) -> dict:
         task = ClassifyTask(cfg, env)
     trainer = Trainer(cfg, task, env, out, checkpoint_extra={"model_kwargs": task.model_kwargs})
     trainer.maybe_resume()
+    if env.is_main:  # only once the config is known to run: a refused one leaves the folder's as it was
+        write_json(cfg, out / "config.json")
     logger.info("%s %s: %d epochs x %d iterations, effective batch %d, peak lr %.3g, precision %s, %d process(es)",
                 cfg["mode"], cfg["model"], cfg["epochs"], trainer.iters_per_epoch, trainer.eff_batch,
                 trainer.peak_lr, trainer.precision, env.world_size)
@@ -165,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"error: {msg}", file=sys.stderr, flush=True)
         return 3 if isinstance(e, TrainingDiverged) else 2
+    except OSError as e:
+        msg = disk_full_message(e, args.out)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+        return 2
     finally:
         shutdown()
     return 0

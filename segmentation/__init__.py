@@ -10,13 +10,18 @@ Importing this package registers, in mmseg's registries:
 The mmseg / mmpretrain ViT key layout (``layers.i.ln1``, ...) is read by the core loader itself
 (:mod:`mae_transfer.checkpoint_keys`).
 The pyramid neck is mmseg's own ``Feature2Pyramid``.
+Importing it also routes every checkpoint mmengine reads through the project's ``weights_only`` loader
+(:mod:`segmentation.checkpoint`).
 """
 
 from .autocast import AutocastOptimWrapper
 from .backbone import PlainViTBackbone
+from .checkpoint import install_safe_loading
 from .data import CheckSegLabels, SegDataError, SplitReport, label_problems, validate_seg_folder
 from .layer_decay import ViTLayerDecayOptimizerConstructor
 from .metrics import PerClassIoUMetric
 
 __all__ = ["AutocastOptimWrapper", "PlainViTBackbone", "ViTLayerDecayOptimizerConstructor", "CheckSegLabels", "SplitReport", "label_problems",
            "SegDataError", "validate_seg_folder", "PerClassIoUMetric"]
+
+install_safe_loading()

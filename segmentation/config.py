@@ -7,9 +7,10 @@ import ast
 import logging
 from pathlib import Path
 
-from mae_transfer.common import ConfigError, find_config, is_random_init
+from mae_transfer.common import ConfigError, check_override_value, find_config, is_random_init
 
-__all__ = ["CONFIG_DIR", "resolve_config", "prepare_config", "follow_max_iters", "leaf_datasets"]
+__all__ = ["CONFIG_DIR", "resolve_config", "prepare_config", "follow_max_iters", "leaf_datasets",
+           "check_work_dir"]
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs" / "segmentation"
@@ -67,6 +68,51 @@ def _parse_value(v: str):
         return v
 
 
+def _accepts(node, leaf: str) -> bool:
+    """Whether a ``type=...`` config node's class (looked up in mmseg's registries) takes ``leaf``."""
+    import inspect
+
+    from mmseg import registry
+
+    typ = node.get("type")
+    cls = typ if callable(typ) else None
+    for name in dir(registry) if cls is None else ():
+        reg = getattr(registry, name)
+        if hasattr(reg, "get") and name.isupper():
+            try:
+                cls = reg.get(typ)
+            except Exception:  # noqa: BLE001
+                cls = None
+            if cls is not None:
+                break
+    if cls is None:
+        return True  # unknown here: the framework will say
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return True
+    return leaf in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _check_option(cfg, option: str, key: str, value):
+    """An override names an existing key (or a constructor argument of a ``type=`` node), and its value
+    is of the kind and range of the config's (:func:`mae_transfer.common.check_override_value`)."""
+    parent_key, _, leaf = key.rpartition(".")
+    node = cfg
+    for part in filter(None, parent_key.split(".")):
+        node = node.get(part) if hasattr(node, "get") else None
+        if node is None:
+            raise ConfigError(f"--cfg-options {option!r}: the config has no {parent_key!r}")
+    if not hasattr(node, "get"):
+        return  # a list index or the like: mmengine checks it
+    if leaf not in node:
+        if "type" not in node or not _accepts(node, leaf):
+            raise ConfigError(f"--cfg-options {option!r}: {parent_key or 'the config'} has no key {leaf!r} "
+                              f"(keys: {', '.join(map(str, node.keys()))})")
+        return
+    check_override_value(f"--cfg-options {option}", key, node.get(leaf), value)
+
+
 def _apply_cfg_options(cfg, options: list[str]):
     """``KEY=VALUE`` overrides (values as Python literals, else strings), then :func:`follow_max_iters`."""
     if not options:
@@ -78,6 +124,7 @@ def _apply_cfg_options(cfg, options: list[str]):
             raise ConfigError(f"--cfg-options expects KEY=VALUE, got {kv!r}")
         k, v = kv.split("=", 1)
         opts[k] = _parse_value(v)
+        _check_option(cfg, kv, k, opts[k])
     cfg.merge_from_dict(opts)
     follow_max_iters(cfg, orig_iters)
 
@@ -141,10 +188,25 @@ def prepare_config(args):
     if args.weights is not None:
         cfg.model.backbone.pretrained = None if is_random_init(args.weights) else args.weights
     if args.resume == "auto":
-        cfg.resume = True
+        from .checkpoint import remove_orphans, resume_candidate
+        remove_orphans(cfg.work_dir) if Path(cfg.work_dir).is_dir() else None
+        found = resume_candidate(cfg.work_dir)
+        if found is None:
+            from .checkpoint import _warn
+            _warn(f"--resume: no checkpoint in {cfg.work_dir} to resume from; starting from iteration 0")
+        cfg.resume, cfg.load_from = (True, str(found)) if found else (False, None)
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     _apply_data_root(cfg, args.data_root)
     _apply_test_mode(cfg, args.test_mode)
     _fit_to_device(cfg, args.launcher)
     return cfg, path
+
+
+def check_work_dir(work_dir: str | Path, *, resume, overwrite: bool):
+    """Refuse to train into a work dir holding a finished run (``metrics.json`` / ``weights.pth``) unless
+    ``--resume`` or ``--overwrite`` is given (:class:`ConfigError` naming the folder and its files)."""
+    found = [n for n in ("metrics.json", "weights.pth") if (Path(work_dir) / n).is_file()]
+    if found and not (resume or overwrite):
+        raise ConfigError(f"--work-dir {str(work_dir)!r} holds a finished run ({', '.join(found)}): pass "
+                          f"--resume to continue it, --overwrite to replace it, or choose another --work-dir")

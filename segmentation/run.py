@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mae_transfer.common import atomic_write
 
-from .config import prepare_config
+from .config import check_work_dir, prepare_config
 from .data_check import check_data
 from .summary import save_outputs
 
@@ -96,6 +96,7 @@ def run(args) -> dict:
 
     t0 = time.time()
     cfg, cfg_path = prepare_config(args)
+    check_work_dir(cfg.work_dir, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     logger = MMLogger.get_instance("train_seg", log_level="INFO")
     data_summary = check_data(cfg, args.check_data, args.skip_bad_data, logger)
     runner = Runner.from_cfg(cfg)

@@ -86,9 +86,21 @@ def test_pos_embed_interpolation_14_to_32_equals_timm():
 def test_patch_embed_14_to_16_resize():
     src = VisionTransformer(img_size=224, patch_size=14, embed_dim=64, depth=1, num_heads=4)
     dst = VisionTransformer(img_size=224, patch_size=16, embed_dim=64, depth=1, num_heads=4)
-    report = load_pretrained(dst, {"model": src.state_dict()})
+    sd = src.state_dict()
+    # kernels that are a ramp along x (a different slope per output channel), constant along y
+    slopes = torch.linspace(-1, 1, 64).view(64, 1, 1, 1)
+    sd["patch_embed.proj.weight"] = (slopes * torch.arange(14.0).view(1, 1, 1, 14)).expand(64, 3, 14, 14).clone()
+    report = load_pretrained(dst, {"model": sd})
     assert any("patch_embed.proj.weight" in r for r in report.resized)
-    assert dst.patch_embed.proj.weight.shape == (64, 3, 16, 16)
+    w = dst.patch_embed.proj.weight.detach()
+    assert w.shape == (64, 3, 16, 16)
+    # the reference: ViTDet's bicubic resize (align_corners=False, no antialias) in float64
+    ref = torch.nn.functional.interpolate(sd["patch_embed.proj.weight"].double(), size=(16, 16), mode="bicubic",
+                                          align_corners=False)
+    assert torch.allclose(w.double(), ref, atol=1e-5)
+    # and what it means: the ramp is kept, stretched to 16 taps, ~x' = (j + 0.5) * 14 / 16 - 0.5 inside
+    inner = ((torch.arange(16.0) + 0.5) * 14 / 16 - 0.5)[4:12]
+    assert torch.allclose(w[-1, 0, 0, 4:12], inner, atol=0.05) and torch.allclose(w[:, :, 0], w[:, :, 15])
 
 
 class Payload:

@@ -102,16 +102,18 @@ def test_repairable_and_skippable_annotations_are_counted(tmp_path, coco):
     assert by_id[10]["bbox"] == [10.0, 10.0, 20.0, 20.0] and by_id[10]["area"] == pytest.approx(400, abs=30)
     assert by_id[9]["iscrowd"] == 1 and "ignore" not in by_id[9]
     assert len(by_id[7]["segmentation"]) == 1
-    assert rep.skipped == {
+    assert rep.skipped == {  # annotations, each counted once
         "zero-area boxes or boxes outside the image": 2,
+        "annotations without a valid mask (the dataset has masks)": 3,
+    }
+    assert rep.dropped_masks == {  # the polygons / masks behind them
         "polygons with an odd number of coordinates or < 3 points": 2,
         "zero-area polygons": 1,
         "RLE masks of another size than their image": 1,
-        "annotations without a valid mask (the dataset has masks)": 3,
     }
     assert rep.repaired["boxes clipped to the image"] == 1
     assert rep.repaired["boxes derived from masks"] == 1 and rep.repaired["annotation ids assigned"] == 1
-    assert "skipped 9 annotations" in str(rep)
+    assert "skipped 5 annotations" in str(rep)  # ids 3, 4, 5, 6, 8
 
 
 def test_missing_image_size_is_read_from_the_file(tmp_path, coco):

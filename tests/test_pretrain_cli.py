@@ -189,3 +189,5 @@ def test_linprobe_of_an_average_pooled_supervised_checkpoint(tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["linprobe_pool"] == "token"  # asked for; the probe falls back to the encoder's own pooling
     assert json.loads((out / "metrics.json").read_text())["weights_format"] == "vit"
+    # and average pooling is what the probe used (the checkpoint has fc_norm and no final norm)
+    assert "linear probe on average-pooled features" in (out / "log.txt").read_text()

@@ -128,7 +128,11 @@ def test_skip_bad_data_logs_the_count(scenes, tmp_path):
 @pytest.mark.slow
 def test_two_process_ddp_run_through_torchrun(scenes, tmp_path):
     """torchrun + --launcher pytorch (gloo on CPU): both ranks train, rank 0 writes metrics.json."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    import socket
+    with socket.socket() as sock:  # a free port, not a fixed one another run may hold
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            str(REPO / "tools" / "train_seg.py"), "--config", "upernet_mae_mini_scenes", "--weights", "none",
            "--work-dir", str(tmp_path), "--data-root", str(scenes), "--launcher", "pytorch",
            "--cfg-options", "train_cfg.max_iters=3", "train_cfg.val_interval=3", *FAST]

@@ -33,6 +33,11 @@ FORMATS = ("ours", "timm", "detectron2", "mmseg")
 def convert(src: str, dst: str, to: str = "ours", keep_decoder: bool = False) -> dict:
     """Write ``src`` (any readable format) to ``dst`` in format ``to`` (one of :data:`FORMATS`); the MAE
     decoder is kept only for ``to="ours"`` with ``keep_decoder``. Returns ``{from, to, tensors}``."""
+    if Path(dst).is_dir():
+        raise CheckpointError(f"output {str(dst)!r} is a directory: give the output checkpoint's file name")
+    if Path(src).exists() and Path(dst).exists() and Path(src).resolve() == Path(dst).resolve():
+        raise CheckpointError(f"output {str(dst)!r} is the input checkpoint: converting in place would replace "
+                              f"it; give another output file")
     sd, fmt = to_mae_transfer_keys(extract_state_dict(load_file(src), src))
     if fmt == "unknown":
         raise CheckpointError(f"{src}: no ViT keys found (expected e.g. blocks.0.attn.qkv.weight)")
@@ -62,7 +67,8 @@ def main(argv=None):
     try:
         info = convert(args.src, args.dst, args.to, args.keep_decoder)
     except CheckpointError as e:
-        sys.exit(f"convert: {e}")
+        print(f"convert: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(f"converted {args.src} ({info['from']} format, {info['tensors']} tensors) -> {args.dst} ({info['to']})")
 
 

@@ -5,6 +5,7 @@
     python tools/train_det.py --config vitdet_scenes_mini --weights output/pretrain/run/checkpoint-final.pth
     python tools/train_det.py --config vitdet_scenes_demo --weights none --output-dir /tmp/d --seed 1
     python tools/train_det.py --config vitdet_scenes_mini --eval-only --output-dir DIR   # DIR's last checkpoint
+    python tools/train_det.py --config vitdet_scenes_mini --resume --output-dir DIR      # continue DIR's run
     python tools/train_det.py --config vitdet_mae_b --train-json my.json --train-images img/ \\
         --val-json val.json --val-images val/ train.max_iter=20000 dataloader.train.total_batch_size=16
 
@@ -13,7 +14,9 @@ mae_transfer reads (ours incl. MAE pretraining checkpoints, the official MAE rel
 backbone, a whole detector checkpoint of ours (e.g. DIR/model_final.pth) for the detector, or ``none``.
 Trailing ``key=value`` pairs override the LazyConfig. Multi-GPU / multi-machine through detectron2's
 ``launch`` (on CPU, ``--num-gpus N`` starts N gloo processes). Writes DIR/metrics.json with ``bbox/AP``,
-``segm/AP`` (percent), ``wall_s`` and ``weights``.
+``segm/AP`` (percent), ``wall_s`` and ``weights``. A DIR holding a finished run is refused unless
+``--resume``, ``--eval-only`` (which then writes eval_metrics.json, eval_predictions.png beside the
+training's files) or ``--overwrite`` is given.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from detectron2.utils import comm  # noqa: E402
 
 from detection.checkpoint import SafeDetectionCheckpointer, load_weights  # noqa: E402
 from detection.data import CocoFormatError  # noqa: E402
-from detection.engine import (build_model, do_test, do_train, flat_metrics, resolve_weights,  # noqa: E402
-                              save_prediction_figure, save_predictions, write_metrics)
+from detection.engine import (build_model, check_output_dir, do_test, do_train, finished_run_files,  # noqa: E402
+                              flat_metrics, resolve_weights, save_prediction_figure, save_predictions,
+                              write_metrics)
 from detection.config import ConfigError, load_config, resolve_config  # noqa: E402
 from detection.datasets import setup_datasets  # noqa: E402
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
@@ -47,6 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate --weights (a detector checkpoint) or the output dir's last checkpoint")
     p.add_argument("--resume", action="store_true", help="continue from the output dir's last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into an output dir that holds a finished run (refused without it)")
     p.add_argument("--train-json", help="COCO-format training json (with --train-images)")
     p.add_argument("--train-images", help="folder the training json's file_name entries are relative to")
     p.add_argument("--val-json", help="COCO-format validation json (with --val-images)")
@@ -56,8 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-machines", type=int, default=1)
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 ('auto' on one machine)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="key=value LazyConfig overrides")
-    args = p.parse_args(argv)
+    p.add_argument("opts", nargs="*", metavar="key=value", help="LazyConfig overrides")
+    args = p.parse_intermixed_args(argv)  # options may also come after the overrides
     if args.num_machines > 1 and args.dist_url == "auto":
         p.error("--num-machines > 1 needs --dist-url tcp://<machine 0>:<port>")
     return args
@@ -76,6 +82,7 @@ def setup(args):
     if "evaluator" in cfg.dataloader and cfg.dataloader.evaluator.get("output_dir", None) is None:
         cfg.dataloader.evaluator.output_dir = str(Path(out) / "inference")  # coco_instances_results.json
     args.config_file = str(resolve_config(args.config))
+    check_output_dir(Path(out), resume=args.resume, eval_only=args.eval_only, overwrite=args.overwrite)
     default_setup(cfg, args)
     setup_datasets(cfg, Path(out) / "datasets", need_train=not args.eval_only)
     return cfg
@@ -104,9 +111,12 @@ def main(args) -> dict:
     metrics.update(wall_s=time.perf_counter() - t0, weights=str(weights) if weights else "none",
                    config=args.config_file, seed=int(cfg.train.seed), eval_only=bool(args.eval_only),
                    world_size=comm.get_world_size(), device=str(cfg.train.device))
-    write_metrics(Path(cfg.train.output_dir) / "metrics.json", metrics)
-    save_prediction_figure(cfg, model, Path(cfg.train.output_dir) / "predictions.png", args.vis)
-    save_predictions(cfg, model, Path(cfg.train.output_dir) / "val_predictions.npz", args.vis)
+    out = Path(cfg.train.output_dir)
+    # an evaluation in a training run's folder writes beside the training's files, not over them
+    prefix = "eval_" if args.eval_only and finished_run_files(out) else ""
+    write_metrics(out / f"{prefix}metrics.json", metrics)
+    save_prediction_figure(cfg, model, out / f"{prefix}predictions.png", args.vis)
+    save_predictions(cfg, model, out / f"{prefix}val_predictions.npz", args.vis)
     return metrics
 
 
@@ -116,6 +126,13 @@ def _main_or_exit(args):
         return main(args)
     except (ConfigError, CocoFormatError, CheckpointError) as e:
         print(f"train_det.py: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:
+        from mae_transfer.common import disk_full_message
+        msg = disk_full_message(e, args.output_dir)
+        if msg is None:
+            raise
+        print(f"train_det.py: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

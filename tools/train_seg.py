@@ -38,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from the latest checkpoint in the work dir, or from the given checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into a work dir that holds a finished run (refused without it or --resume)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None,
                    help="dataset in the ADE20K layout (images/<split>, annotations/<split>); default: the config's")
@@ -68,6 +70,10 @@ def main(argv=None) -> int:
         print(f"train_seg.py: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # raised in a data-loader worker, ours arrives wrapped: unwrap it
+        from mae_transfer.common import disk_full_message
+        if disk_full_message(e, args.work_dir):
+            print(f"train_seg.py: error: {disk_full_message(e, args.work_dir)}", file=sys.stderr)
+            return 2
         msg = str(e).strip()
         if any(t in msg for t in ("SegDataError", "CheckpointError", "CheckpointMismatchError", "ConfigError")):
             print(f"train_seg.py: error: {msg.splitlines()[-1]}", file=sys.stderr)

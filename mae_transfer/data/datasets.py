@@ -27,7 +27,7 @@ from .fashion_mnist import DataError, load_fashion_mnist
 
 logger = logging.getLogger("mae_transfer")
 
-__all__ = ["DataError", "FashionMNIST", "FashionMNISTPhotos", "ImageFolder", "SeededDataset", "Subset", "open_dataset",
+__all__ = ["DataError", "to_rgb", "FashionMNIST", "FashionMNISTPhotos", "ImageFolder", "SeededDataset", "Subset", "open_dataset",
            "is_fashion_mnist_dir", "sample_seed", "IMG_EXTENSIONS", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
            "PHOTOS", "PHOTOS_MEAN", "PHOTOS_STD"]
 
@@ -162,7 +162,7 @@ class ImageFolder(Dataset):
     def _open(self, path: str) -> Image.Image:
         try:
             with Image.open(path) as im:
-                img = im.convert("RGB")  # forces a full decode: truncated files fail here
+                img = to_rgb(im)  # forces a full decode: truncated files fail here
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         if min(img.size) < self.min_size:
@@ -184,6 +184,25 @@ class ImageFolder(Dataset):
                                    "; further ones are only counted" if self._warned == 20 else "")
         raise DataError(f"{min(64, len(self))} consecutive unusable images in {self.root} from "
                         f"{self.samples[i][0]}: is the folder readable?")
+
+
+# PIL modes of single-channel images deeper than 8 bits (16-bit PNG / TIFF open as "I;16*" or "I"):
+# ``convert("RGB")`` clips their values at 255, so a 16-bit image would come out almost white.
+HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB; 16-bit (and 32-bit int / float) grey images are scaled from their full range
+    (0..65535 for 16-bit, 0..1 or the image's maximum for float, 0..65535 for ``I``) instead of clipped."""
+    if im.mode not in HIGH_BIT_DEPTH_MODES:
+        return im.convert("RGB")
+    arr = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        top = 1.0 if arr.size and arr.max() <= 1.0 else max(float(arr.max(initial=0)), 1.0)
+    else:
+        top = 65535.0 if arr.size == 0 or arr.max() <= 65535 else float(arr.max())
+    grey = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
 
 
 def _image_files(d: Path) -> list[str]:
