@@ -28,7 +28,8 @@ from mae_transfer.common import ConfigError, atomic_write, is_random_init, write
 from .checkpoint import SafeDetectionCheckpointer, load_weights
 
 __all__ = ["build_model", "do_test", "do_train", "flat_metrics", "write_metrics", "resolve_weights",
-           "save_prediction_figure", "save_predictions", "finished_run_files", "check_output_dir"]
+           "save_prediction_figure", "save_predictions", "preview_predictions", "finished_run_files",
+           "check_output_dir"]
 
 logger = logging.getLogger("detectron2.mae_transfer")
 
@@ -249,17 +250,10 @@ def write_metrics(path: str | os.PathLike, metrics: dict):
         f"{k} {v:.2f}" for k, v in metrics.items() if k in ("bbox/AP", "segm/AP", "wall_s") and v is not None))
 
 
-def save_prediction_figure(cfg, model, path: str | os.PathLike, num_images: int = 6, score_thresh: float = 0.5):
-    """PNG of the model's detections (boxes, masks, classes with score >= ``score_thresh``) on the first
-    ``num_images`` test images, beside their ground truth. Main process only."""
-    if not comm.is_main_process() or num_images <= 0:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from detectron2.data import DatasetCatalog, MetadataCatalog, detection_utils
-    from detectron2.utils.visualizer import Visualizer
+def preview_predictions(cfg, model, num_images: int = 6) -> tuple[list[dict], object, list]:
+    """The model's outputs on the first ``num_images`` test images, run once for every output drawn from
+    them: ``(dataset dicts, metadata, Instances on the CPU per image)``."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     name = cfg.dataloader.test.dataset.names
     name = name if isinstance(name, str) else name[0]
@@ -268,56 +262,56 @@ def save_prediction_figure(cfg, model, path: str | os.PathLike, num_images: int 
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()
-    fig, axes = plt.subplots(2, len(dicts), figsize=(2.6 * len(dicts), 5.4), squeeze=False)
     with torch.no_grad():
-        for j, d in enumerate(dicts):
-            img = detection_utils.read_image(d["file_name"], format="RGB")
-            inst = model([mapper(dict(d))])[0]["instances"].to("cpu")
-            inst = inst[inst.scores >= score_thresh]
-            axes[0, j].imshow(Visualizer(img, meta, scale=3.0).draw_dataset_dict(d).get_image())
-            axes[1, j].imshow(Visualizer(img, meta, scale=3.0).draw_instance_predictions(inst).get_image())
-            for ax in axes[:, j]:
-                ax.axis("off")
+        preds = [model([mapper(dict(d))])[0]["instances"].to("cpu") for d in dicts]
+    model.train(was_training)
+    return dicts, meta, preds
+
+
+def save_prediction_figure(path: str | os.PathLike, dicts: list[dict], meta, preds: list, score_thresh: float = 0.5):
+    """PNG of the detections ``preds`` (boxes, masks, classes with score >= ``score_thresh``) of the test
+    images ``dicts``, beside their ground truth (see :func:`preview_predictions`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from detectron2.data import detection_utils
+    from detectron2.utils.visualizer import Visualizer
+
+    fig, axes = plt.subplots(2, len(dicts), figsize=(2.6 * len(dicts), 5.4), squeeze=False)
+    for j, (d, inst) in enumerate(zip(dicts, preds)):
+        img = detection_utils.read_image(d["file_name"], format="RGB")
+        axes[0, j].imshow(Visualizer(img, meta, scale=3.0).draw_dataset_dict(d).get_image())
+        shown = inst[inst.scores >= score_thresh]
+        axes[1, j].imshow(Visualizer(img, meta, scale=3.0).draw_instance_predictions(shown).get_image())
+        for ax in axes[:, j]:
+            ax.axis("off")
     axes[0, 0].set_title("ground truth", loc="left", fontsize=9)
     axes[1, 0].set_title(f"predictions (score >= {score_thresh})", loc="left", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    model.train(was_training)
     logger.info(f"prediction figure written to {path}")
 
 
-def save_predictions(cfg, model, path: str | os.PathLike, num_images: int = 6, score_thresh: float = 0.05,
+def save_predictions(path: str | os.PathLike, dicts: list[dict], preds: list, score_thresh: float = 0.05,
                      max_per_image: int = 20):
-    """The model's detections on the first ``num_images`` test images, as plain arrays in an ``.npz``:
-    ``file_names`` (K,), and per detection ``image_index``, ``boxes`` (x0, y0, x1, y1), ``classes``
-    (contiguous ids 0..C-1), ``scores`` and ``masks`` (H, W) bool, at most ``max_per_image`` per image
-    with score >= ``score_thresh``. ``tools/compare.py`` draws them beside the other initialisations'.
-    Main process only; written atomically."""
-    if not comm.is_main_process() or num_images <= 0:
-        return
+    """The detections ``preds`` of the test images ``dicts`` (see :func:`preview_predictions`) as plain arrays
+    in an ``.npz``: ``file_names`` (K,), and per detection ``image_index``, ``boxes`` (x0, y0, x1, y1),
+    ``classes`` (contiguous ids 0..C-1), ``scores`` and ``masks`` (H, W) bool, at most ``max_per_image``
+    per image with score >= ``score_thresh``. ``tools/compare.py`` draws them beside the other
+    initialisations'. Written atomically."""
     import numpy as np
-    from detectron2.data import DatasetCatalog
 
-    name = cfg.dataloader.test.dataset.names
-    dicts = DatasetCatalog.get(name if isinstance(name, str) else name[0])[:num_images]
-    mapper = instantiate(cfg.dataloader.test.mapper)
-    model = getattr(model, "module", model)
-    was_training = model.training
-    model.eval()
     out = {k: [] for k in ("image_index", "boxes", "classes", "scores", "masks")}
-    with torch.no_grad():
-        for i, d in enumerate(dicts):
-            inst = model([mapper(dict(d))])[0]["instances"].to("cpu")
-            inst = inst[inst.scores >= score_thresh][:max_per_image]
-            out["image_index"] += [i] * len(inst)
-            out["boxes"] += inst.pred_boxes.tensor.tolist()
-            out["classes"] += inst.pred_classes.tolist()
-            out["scores"] += inst.scores.tolist()
-            h, w = d["height"], d["width"]
-            masks = inst.pred_masks.numpy() if inst.has("pred_masks") else np.zeros((len(inst), h, w), bool)
-            out["masks"] += list(masks.astype(bool))
-    model.train(was_training)
+    for i, (d, inst) in enumerate(zip(dicts, preds)):
+        inst = inst[inst.scores >= score_thresh][:max_per_image]
+        out["image_index"] += [i] * len(inst)
+        out["boxes"] += inst.pred_boxes.tensor.tolist()
+        out["classes"] += inst.pred_classes.tolist()
+        out["scores"] += inst.scores.tolist()
+        masks = inst.pred_masks.numpy() if inst.has("pred_masks") else np.zeros((len(inst), d["height"], d["width"]))
+        out["masks"] += list(masks.astype(bool))
     h, w = (dicts[0]["height"], dicts[0]["width"]) if dicts else (0, 0)
     arrays = {"file_names": np.array([d["file_name"] for d in dicts]),
               "image_index": np.array(out["image_index"], dtype=np.int64),

@@ -34,8 +34,8 @@ from detectron2.utils import comm  # noqa: E402
 from detection.checkpoint import SafeDetectionCheckpointer, load_weights  # noqa: E402
 from detection.data import CocoFormatError  # noqa: E402
 from detection.engine import (build_model, check_output_dir, do_test, do_train, finished_run_files,  # noqa: E402
-                              flat_metrics, resolve_weights, save_prediction_figure, save_predictions,
-                              write_metrics)
+                              flat_metrics, resolve_weights, preview_predictions, save_prediction_figure,
+                              save_predictions, write_metrics)
 from detection.config import ConfigError, load_config, resolve_config  # noqa: E402
 from detection.datasets import setup_datasets  # noqa: E402
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
@@ -115,8 +115,10 @@ def main(args) -> dict:
     # an evaluation in a training run's folder writes beside the training's files, not over them
     prefix = "eval_" if args.eval_only and finished_run_files(out) else ""
     write_metrics(out / f"{prefix}metrics.json", metrics)
-    save_prediction_figure(cfg, model, out / f"{prefix}predictions.png", args.vis)
-    save_predictions(cfg, model, out / f"{prefix}val_predictions.npz", args.vis)
+    if comm.is_main_process() and args.vis > 0:
+        dicts, meta, preds = preview_predictions(cfg, model, args.vis)
+        save_prediction_figure(out / f"{prefix}predictions.png", dicts, meta, preds)
+        save_predictions(out / f"{prefix}val_predictions.npz", dicts, preds)
     return metrics
 
 
