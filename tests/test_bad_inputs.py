@@ -211,6 +211,21 @@ def test_transfer_into_the_folder_of_its_checkpoint_is_refused(mode, mae_folder,
     assert {p.name: digest(p) for p in mae_folder.iterdir()} == before
 
 
+@pytest.mark.parametrize("raw", [False, True], ids=["torch_zip", "raw_pickle"])
+@pytest.mark.parametrize("tool", ["pretrain", "convert"])
+def test_payload_through_pretrain_and_convert_never_runs(tool, raw, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    payload = make_payload(tmp_path / "payload.pth", marker, raw=raw)
+    if tool == "pretrain":
+        rc, err = _pretrain(capsys, "--mode", "linprobe", "--weights", str(payload), "--out", str(tmp_path / "lp"),
+                            *PRE_TINY)
+    else:
+        rc, err = _convert(None, payload, tmp_path / "out.pth")
+        assert not (tmp_path / "out.pth").exists()
+    assert_clean_error(rc, err, payload, "refusing to load", "raw pickle" if raw else "could run code")
+    assert not marker.exists()
+
+
 # ---- finished runs are never silently overwritten ------------------------------------------------------
 def _digests(folder: Path, names=("metrics.json", "model_final.pth", "weights.pth")) -> dict:
     return {n: digest(folder / n) for n in names if (folder / n).is_file()}
@@ -325,7 +340,7 @@ def _tiny_coco(tmp_path, sizes=True) -> tuple[Path, Path]:
     return js, img_dir
 
 
-@pytest.mark.parametrize("case", ["garbage", "truncated_png_no_size", "16bit_png"])
+@pytest.mark.parametrize("case", ["garbage", "truncated_png_no_size", "16bit_png", "16bit_tiff"])
 def test_det_unusable_image_files_are_named_up_front(case, tmp_path):
     import numpy as np
     from PIL import Image
@@ -337,13 +352,18 @@ def test_det_unusable_image_files_are_named_up_front(case, tmp_path):
         bad.write_bytes(b"not an image at all")
     elif case == "truncated_png_no_size":
         bad.write_bytes(bad.read_bytes()[:40])
-    else:
+    elif case == "16bit_png":
         Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(bad)
+    else:  # a microscope's 16-bit grey TIFF, as the json names it
+        bad.unlink()
+        bad = img_dir / "2.tif"
+        Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(bad)
+        js.write_text(js.read_text().replace('"2.png"', '"2.tif"'))
     with pytest.raises(CocoFormatError) as e:
         validate_coco_json(js, img_dir)
     msg = str(e.value)
-    assert "2.png" in msg and "1.png" not in msg and "\n" not in msg
-    assert ("8-bit" in msg) if case == "16bit_png" else ("not a readable image" in msg)
+    assert bad.name in msg and "1.png" not in msg and "\n" not in msg
+    assert ("8-bit" in msg) if case.startswith("16bit") else ("not a readable image" in msg)
 
 
 def test_pretrain_reader_scales_16bit_images_instead_of_clipping(tmp_path):
