@@ -226,6 +226,14 @@ def test_payload_through_pretrain_and_convert_never_runs(tool, raw, tmp_path, ca
     assert not marker.exists()
 
 
+def test_pretrain_options_after_the_overrides_are_options(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, err = _pretrain(capsys, *PRE_TINY, "--out", str(out), "--seed", "3")
+    assert rc == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["out"] == str(out) and cfg["seed"] == 3 and not (REPO / "--out").exists()
+
+
 # ---- finished runs are never silently overwritten ------------------------------------------------------
 def _digests(folder: Path, names=("metrics.json", "model_final.pth", "weights.pth")) -> dict:
     return {n: digest(folder / n) for n in names if (folder / n).is_file()}
