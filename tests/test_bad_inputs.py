@@ -86,28 +86,6 @@ def scenes(tmp_path_factory):
     return generate_scenes(tmp_path_factory.mktemp("scenes") / "s", num_train=4, num_val=2, seed=3, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_mm_singletons():
-    """mmengine keeps its global instances (loggers with their stderr handlers, the visualizer with its
-    save dir, message hubs) across in-process runs, where each real run has a process of its own: drop
-    them after each case, so the next case (and the next test module) starts as a new process would."""
-    yield
-    try:
-        from mmengine.logging import MMLogger
-        from mmengine.utils import ManagerMixin
-    except ImportError:
-        return
-    for logger in MMLogger._instance_dict.values():
-        for h in logger.handlers:
-            h.close()
-    stack = [ManagerMixin]
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if "_instance_dict" in vars(cls):
-            cls._instance_dict.clear()
-
-
 SEG_FAST = ["train_dataloader.batch_size=2", "val_dataloader.batch_size=2", "param_scheduler=[]",
             "default_hooks.logger.interval=1", "default_hooks.visualization.draw=False",
             "train_cfg.max_iters=1", "train_cfg.val_interval=1"]
