@@ -33,14 +33,16 @@ def _scan_ids(ann_dir: Path, ignore_index: int = 255) -> list[int]:
     return sorted(ids)
 
 
-def discover_classes(data_root: str | Path, reduce_zero_label: bool = False,
-                     num_classes: int | None = None) -> tuple[tuple[str, ...], bool]:
+def discover_classes(data_root: str | Path, reduce_zero_label: bool = False, num_classes: int | None = None,
+                     known_names: tuple[str, ...] = ()) -> tuple[tuple[str, ...], bool]:
     """Class names (in training id order) and the ``reduce_zero_label`` to use for ``data_root``.
 
     Args:
         data_root: folder with ``images/`` and ``annotations/`` (``training``/``validation`` inside).
         reduce_zero_label: the command line's ``--reduce-zero-label`` (a ``metainfo.json`` may also set it).
-        num_classes: ``--num-classes``; names are padded (``class_<id>``) or must match its count.
+        num_classes: ``--num-classes``; a names file must match it, without one it gives the count.
+        known_names: the config's names, used instead of ``class_<id>`` when there is no names file and
+            the count (scanned or ``num_classes``) equals theirs.
     Returns ``(classes, reduce_zero_label)``; raises :class:`ConfigError` naming the file at fault."""
     root = Path(data_root)
     names = None
@@ -68,6 +70,8 @@ def discover_classes(data_root: str | Path, reduce_zero_label: bool = False,
         num_classes = (max(ids) if reduce_zero_label else max(ids) + 1) if ids else 0
         if num_classes < 1:
             raise ConfigError(f"{root / 'annotations' / 'training'}: no class ids found in the label maps")
+    if len(known_names) == num_classes:
+        return tuple(known_names), reduce_zero_label
     first = 1 if reduce_zero_label else 0
     return tuple(f"class_{first + i}" for i in range(num_classes)), reduce_zero_label
 

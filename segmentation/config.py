@@ -154,10 +154,7 @@ def _apply_classes(cfg, args):
     from .classes import apply_classes, discover_classes
     cfg_rzl = next((bool(ds.get("reduce_zero_label", False)) for _, ds in leaf_datasets(cfg)), False)
     rzl = cfg_rzl if rzl is None else rzl
-    classes, rzl = discover_classes(cfg.data_root, rzl, num)
-    cfg_classes = tuple(cfg.get("classes") or ())
-    if classes[0].startswith("class_") and len(cfg_classes) == len(classes):
-        classes = cfg_classes  # the scan agrees with the config's count: keep its names
+    classes, rzl = discover_classes(cfg.data_root, rzl, num, known_names=tuple(cfg.get("classes") or ()))
     apply_classes(cfg, classes, rzl, leaf_datasets)
     logger.warning("classes: %d (%s), reduce_zero_label=%s", len(classes), ", ".join(classes[:12]), rzl)
 

@@ -53,6 +53,10 @@ def test_classes_from_names_file_or_scan(ade4, tmp_path):
     assert discover_classes(tmp_path) == (tuple(NAMES), True)
     with pytest.raises(Exception, match="--num-classes 7"):
         discover_classes(tmp_path, num_classes=7)
+    # the config's names replace class_<id> only for a scan, never a names file's own names
+    assert discover_classes(ade4, reduce_zero_label=True, known_names=tuple(NAMES)) == (tuple(NAMES), True)
+    (tmp_path / "classes.txt").write_text("class_a\nclass_b\nclass_c\nclass_d\n")
+    assert discover_classes(tmp_path, known_names=tuple(NAMES))[0] == ("class_a", "class_b", "class_c", "class_d")
 
 
 def test_four_class_folder_trains_by_flags_with_named_per_class_iou(ade4, tmp_path):
