@@ -67,8 +67,8 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         # supervised baseline with about the MAE's wall time: 2 epochs of all 60k photos
         "pretrain": _PHOTOS, "supervised": [*_PHOTOS, "supervised.train_subset=0", "supervised.epochs=2"],
         "linprobe": _PHOTOS, "finetune": _PHOTOS,
-        "det": ["--config", "vitdet_scenes_demo", "train.max_iter=640"],
-        "seg": ["--config", "upernet_mae_scenes_demo", "--cfg-options", "train_cfg.max_iters=960"],
+        "det": ["--config", "vitdet_scenes_demo", "train.max_iter=3072"],
+        "seg": ["--config", "upernet_mae_scenes_demo", "--cfg-options", "train_cfg.max_iters=1200"],
     },
 }
 PRESET_TASKS = {"demo": ["linprobe", "finetune", "det", "seg"], "small": ["linprobe", "finetune", "det", "seg"]}
@@ -423,7 +423,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--init", action="append", default=[], metavar="NAME=CKPT",
                     help="an extra initialisation from a checkpoint file (official MAE, DeiT, ...)")
     ap.add_argument("--tasks", nargs="+", choices=list(TASK_METRICS),
-                    help="default: the preset's (demo: linprobe det seg; small: all four)")
+                    help="default: the preset's (both presets: all four)")
     ap.add_argument("--args", action="append", default=[], metavar="STEP=ARGS",
                     help="extra arguments for one step (pretrain, supervised, linprobe, finetune, det, seg), "
                          "e.g. --args 'det=train.max_iter=1000'")
