@@ -15,3 +15,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _precision_cache(tmp_path_factory, monkeypatch):
+    """precision=auto caches its decision; tests keep it out of the user's ~/.cache."""
+    monkeypatch.setenv("MAE_CACHE_DIR", str(tmp_path_factory.mktemp("mae_cache")))
