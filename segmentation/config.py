@@ -143,6 +143,22 @@ def _apply_data_root(cfg, data_root: str | None):
         ds["data_root"] = data_root
 
 
+def _apply_classes(cfg, args):
+    """With ``--data-root``, ``--num-classes`` or ``--reduce-zero-label``: classes from the data (see
+    :mod:`segmentation.classes`), both heads and every dataset sized to them; the choice is printed."""
+    num, rzl = getattr(args, "num_classes", None), getattr(args, "reduce_zero_label", None)
+    if getattr(args, "data_root", None) is None and num is None and rzl is None:
+        return
+    if num is not None and num < 1:
+        raise ConfigError(f"--num-classes {num}: must be at least 1")
+    from .classes import apply_classes, discover_classes
+    cfg_rzl = next((bool(ds.get("reduce_zero_label", False)) for _, ds in leaf_datasets(cfg)), False)
+    rzl = cfg_rzl if rzl is None else rzl
+    classes, rzl = discover_classes(cfg.data_root, rzl, num, known_names=tuple(cfg.get("classes") or ()))
+    apply_classes(cfg, classes, rzl, leaf_datasets)
+    logger.warning("classes: %d (%s), reduce_zero_label=%s", len(classes), ", ".join(classes[:12]), rzl)
+
+
 def _apply_test_mode(cfg, test_mode: str):
     """``whole``-image or ``slide`` inference (crop = the training crop, stride 2/3 of it); ``config``: as is."""
     if test_mode == "config":
@@ -198,6 +214,7 @@ def prepare_config(args):
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
     _apply_data_root(cfg, args.data_root)
+    _apply_classes(cfg, args)
     _apply_test_mode(cfg, args.test_mode)
     _fit_to_device(cfg, args.launcher)
     return cfg, path

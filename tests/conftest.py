@@ -21,3 +21,26 @@ def pytest_collection_modifyitems(config, items):
 def _precision_cache(tmp_path_factory, monkeypatch):
     """precision=auto caches its decision; tests keep it out of the user's ~/.cache."""
     monkeypatch.setenv("MAE_CACHE_DIR", str(tmp_path_factory.mktemp("mae_cache")))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mm_singletons():
+    """mmengine keeps its global instances (loggers with their stderr handlers, the visualizer with its
+    save dir, message hubs) across in-process runs, where each real run has a process of its own: drop
+    them after each case, so the next case (and the next test module) starts as a new process would.
+    Every module that runs the Runner in-process needs this, so it lives here."""
+    yield
+    try:
+        from mmengine.logging import MMLogger
+        from mmengine.utils import ManagerMixin
+    except ImportError:
+        return
+    for logger in MMLogger._instance_dict.values():
+        for h in logger.handlers:
+            h.close()
+    stack = [ManagerMixin]
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if "_instance_dict" in vars(cls):
+            cls._instance_dict.clear()

@@ -86,28 +86,6 @@ def scenes(tmp_path_factory):
     return generate_scenes(tmp_path_factory.mktemp("scenes") / "s", num_train=4, num_val=2, seed=3, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_mm_singletons():
-    """mmengine keeps its global instances (loggers with their stderr handlers, the visualizer with its
-    save dir, message hubs) across in-process runs, where each real run has a process of its own: drop
-    them after each case, so the next case (and the next test module) starts as a new process would."""
-    yield
-    try:
-        from mmengine.logging import MMLogger
-        from mmengine.utils import ManagerMixin
-    except ImportError:
-        return
-    for logger in MMLogger._instance_dict.values():
-        for h in logger.handlers:
-            h.close()
-    stack = [ManagerMixin]
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if "_instance_dict" in vars(cls):
-            cls._instance_dict.clear()
-
-
 SEG_FAST = ["train_dataloader.batch_size=2", "val_dataloader.batch_size=2", "param_scheduler=[]",
             "default_hooks.logger.interval=1", "default_hooks.visualization.draw=False",
             "train_cfg.max_iters=1", "train_cfg.val_interval=1"]
@@ -209,6 +187,29 @@ def test_transfer_into_the_folder_of_its_checkpoint_is_refused(mode, mae_folder,
                         *PRE_TINY)
     assert_clean_error(rc, err, ckpt, "--out")
     assert {p.name: digest(p) for p in mae_folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["torch_zip", "raw_pickle"])
+@pytest.mark.parametrize("tool", ["pretrain", "convert"])
+def test_payload_through_pretrain_and_convert_never_runs(tool, raw, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    payload = make_payload(tmp_path / "payload.pth", marker, raw=raw)
+    if tool == "pretrain":
+        rc, err = _pretrain(capsys, "--mode", "linprobe", "--weights", str(payload), "--out", str(tmp_path / "lp"),
+                            *PRE_TINY)
+    else:
+        rc, err = _convert(None, payload, tmp_path / "out.pth")
+        assert not (tmp_path / "out.pth").exists()
+    assert_clean_error(rc, err, payload, "refusing to load", "raw pickle" if raw else "could run code")
+    assert not marker.exists()
+
+
+def test_pretrain_options_after_the_overrides_are_options(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, err = _pretrain(capsys, *PRE_TINY, "--out", str(out), "--seed", "3")
+    assert rc == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["out"] == str(out) and cfg["seed"] == 3 and not (REPO / "--out").exists()
 
 
 # ---- finished runs are never silently overwritten ------------------------------------------------------
@@ -325,7 +326,7 @@ def _tiny_coco(tmp_path, sizes=True) -> tuple[Path, Path]:
     return js, img_dir
 
 
-@pytest.mark.parametrize("case", ["garbage", "truncated_png_no_size", "16bit_png"])
+@pytest.mark.parametrize("case", ["garbage", "truncated_png_no_size", "16bit_png", "16bit_tiff"])
 def test_det_unusable_image_files_are_named_up_front(case, tmp_path):
     import numpy as np
     from PIL import Image
@@ -337,13 +338,18 @@ def test_det_unusable_image_files_are_named_up_front(case, tmp_path):
         bad.write_bytes(b"not an image at all")
     elif case == "truncated_png_no_size":
         bad.write_bytes(bad.read_bytes()[:40])
-    else:
+    elif case == "16bit_png":
         Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(bad)
+    else:  # a microscope's 16-bit grey TIFF, as the json names it
+        bad.unlink()
+        bad = img_dir / "2.tif"
+        Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(bad)
+        js.write_text(js.read_text().replace('"2.png"', '"2.tif"'))
     with pytest.raises(CocoFormatError) as e:
         validate_coco_json(js, img_dir)
     msg = str(e.value)
-    assert "2.png" in msg and "1.png" not in msg and "\n" not in msg
-    assert ("8-bit" in msg) if case == "16bit_png" else ("not a readable image" in msg)
+    assert bad.name in msg and "1.png" not in msg and "\n" not in msg
+    assert ("8-bit" in msg) if case.startswith("16bit") else ("not a readable image" in msg)
 
 
 def test_pretrain_reader_scales_16bit_images_instead_of_clipping(tmp_path):

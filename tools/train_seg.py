@@ -43,6 +43,14 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None,
                    help="dataset in the ADE20K layout (images/<split>, annotations/<split>); default: the config's")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes the model predicts (default: DATA_ROOT/classes.txt or metainfo.json, else the "
+                        "label ids found in annotations/training, else the config's)")
+    p.add_argument("--reduce-zero-label", dest="reduce_zero_label", action="store_true", default=None,
+                   help="ADE20K convention: label 0 = 'other', ignored; ids 1..C are the classes "
+                        "(default: the config's; without it ids 0..C-1 are the classes)")
+    p.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
+                   help="ids 0..C-1 are the classes (0 = background is a class)")
     p.add_argument("--test-mode", choices=["config", "whole", "slide"], default="config",
                    help="whole-image or sliding-window inference (crop = the training crop, stride 2/3 of it)")
     p.add_argument("--check-data", choices=["config", "pairs", "full", "none"], default="config",

@@ -1,0 +1,80 @@
+"""tools/train_seg.py on a folder no config knows, by flags only: an ADE-layout set with 4 classes and
+0 = ignore (``--reduce-zero-label``), class names from classes.txt or from scanning the label maps."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+import train_seg  # noqa: E402
+
+from segmentation.classes import discover_classes  # noqa: E402
+
+NAMES = ["road", "grass", "water", "sky"]
+COLOURS = [(90, 90, 90), (40, 160, 40), (30, 60, 200), (200, 220, 255)]
+
+
+def _write_split(root: Path, split: str, n: int, rng):
+    (root / "images" / split).mkdir(parents=True)
+    (root / "annotations" / split).mkdir(parents=True)
+    for i in range(n):
+        lab = np.zeros((64, 64), np.uint8)  # 0 = unlabelled, ignored
+        for c in rng.permutation(4)[:3]:
+            y, x = rng.integers(0, 40, 2)
+            h, w = rng.integers(12, 24, 2)
+            lab[y:y + h, x:x + w] = c + 1
+        img = np.full((64, 64, 3), 128, np.uint8)
+        for c in range(4):
+            img[lab == c + 1] = COLOURS[c]
+        img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(root / "images" / split / f"{i:03d}.jpg", quality=95)
+        Image.fromarray(lab).save(root / "annotations" / split / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def ade4(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ade4")
+    rng = np.random.default_rng(0)
+    _write_split(root, "training", 16, rng)
+    _write_split(root, "validation", 8, rng)
+    return root
+
+
+def test_classes_from_names_file_or_scan(ade4, tmp_path):
+    assert discover_classes(ade4, reduce_zero_label=True) == (("class_1", "class_2", "class_3", "class_4"), True)
+    assert discover_classes(ade4, reduce_zero_label=False)[0][0] == "class_0"
+    assert len(discover_classes(ade4, reduce_zero_label=False)[0]) == 5
+    (tmp_path / "metainfo.json").write_text(json.dumps({"classes": NAMES, "reduce_zero_label": True}))
+    assert discover_classes(tmp_path) == (tuple(NAMES), True)
+    with pytest.raises(Exception, match="--num-classes 7"):
+        discover_classes(tmp_path, num_classes=7)
+    # the config's names replace class_<id> only for a scan, never a names file's own names
+    assert discover_classes(ade4, reduce_zero_label=True, known_names=tuple(NAMES)) == (tuple(NAMES), True)
+    (tmp_path / "classes.txt").write_text("class_a\nclass_b\nclass_c\nclass_d\n")
+    assert discover_classes(tmp_path, known_names=tuple(NAMES))[0] == ("class_a", "class_b", "class_c", "class_d")
+
+
+def test_four_class_folder_trains_by_flags_with_named_per_class_iou(ade4, tmp_path):
+    (ade4 / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    work = tmp_path / "work"
+    rc = train_seg.main(["--config", "upernet_mae_mini_scenes", "--weights", "none", "--data-root", str(ade4),
+                         "--reduce-zero-label", "--work-dir", str(work), "--check-data", "full",
+                         "--cfg-options", "train_cfg.max_iters=4", "train_cfg.val_interval=4",
+                         "train_dataloader.batch_size=4", "val_dataloader.batch_size=4", "param_scheduler=[]"])
+    assert rc == 0
+    m = json.loads((work / "metrics.json").read_text())
+    assert list(m["per_class_IoU"]) == NAMES
+    assert all(v is None or 0 <= v <= 100 for v in m["per_class_IoU"].values())
+
+
+def test_bad_num_classes_is_a_clear_error(ade4, tmp_path, capsys):
+    (ade4 / "classes.txt").write_text("\n".join(NAMES) + "\n")
+    rc = train_seg.main(["--config", "upernet_mae_mini_scenes", "--weights", "none", "--data-root", str(ade4),
+                         "--num-classes", "3", "--work-dir", str(tmp_path / "w")])
+    assert rc == 2
+    assert "classes.txt names 4 classes but --num-classes 3" in capsys.readouterr().err
