@@ -27,7 +27,7 @@ import torch
 logger = logging.getLogger("mae_transfer.precision")
 
 __all__ = ["PRECISIONS", "candidates", "choose_precision", "machine_key", "probe_precision", "autocast",
-           "cache_path"]
+           "cache_path", "cached_choice", "kept_rng"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -37,6 +37,24 @@ def autocast(precision: str, device_type: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@contextlib.contextmanager
+def kept_rng():
+    """Run the body, then put the torch (CPU and CUDA), numpy and python RNG states back: drawing the
+    probe's batch through a data loader's augmentations must not change the run that follows."""
+    import random
+
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 def candidates(device: torch.device) -> list[str]:
@@ -95,69 +113,79 @@ def _write_cache(path: Path, key: str, entry: dict):
         data = _read_cache(path)
         data[key] = entry
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".precision-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)  # a failed write leaves the old cache as it was, and no temporary file
+            raise
     except OSError as e:
         logger.warning("precision cache %s not written (%s)", path, e)
 
 
-def _time_step(step: Callable[[], torch.Tensor], precision: str, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``step`` (returns the loss; its backward is taken here) under ``precision``,
-    after one warm-up call."""
+def _time_step(step: Callable[[], torch.Tensor], precision: str, device: torch.device) -> float:
+    """Seconds of one call of ``step`` (returns the loss; its backward, in fp32, is taken here) under
+    ``precision``."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    for i in range(repeats + 1):
-        sync()
-        t0 = time.perf_counter()
-        with autocast(precision, device.type):
-            loss = step()
-        loss.float().backward()
-        sync()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    sync()
+    t0 = time.perf_counter()
+    with autocast(precision, device.type):
+        loss = step()
+    loss.float().backward()
+    sync()
+    return time.perf_counter() - t0
+
+
+def cached_choice(device: torch.device, shape_key: str) -> dict | None:
+    """The cached decision ``{"choice", "times", "when"}`` for this machine and ``shape_key``, or None."""
+    hit = _read_cache(cache_path()).get(f"{machine_key(device)}|{shape_key}")
+    return hit if isinstance(hit, dict) and hit.get("choice") in PRECISIONS else None
 
 
 def probe_precision(model: torch.nn.Module, step: Callable[[], torch.Tensor], device: torch.device,
-                    shape_key: str, repeats: int = 2, use_cache: bool = True) -> tuple[str, dict[str, float]]:
+                    shape_key: str, repeats: int = 3, use_cache: bool = True) -> tuple[str, dict[str, float]]:
     """Time ``step`` (one forward of ``model`` at the real batch, returning the scalar loss) in each
-    precision of :func:`candidates` and return ``(choice, times)``.
+    precision of :func:`candidates` and return ``(choice, times)`` (seconds per forward + backward).
 
-    The model's gradients are cleared afterwards, and its buffers restored, so the probe leaves no
-    trace in training; the caller saves and restores RNG states if it needs exact reproducibility.
+    One warm-up call per precision, then ``repeats`` rounds that time each precision once, interleaved
+    so that load from other processes hits every precision alike; the fastest call of each is kept
+    (interference only ever adds time). The model's gradients are cleared afterwards and its buffers
+    restored, so the probe leaves no trace in training; the caller keeps RNG states
+    (:func:`kept_rng`) if it needs exact reproducibility.
 
     Args:
         model: the model being trained (its gradients are set to None after the probe).
         step: runs the forward and returns the loss; called under autocast by the probe.
         device: where the model lives.
         shape_key: names the model and batch (e.g. class, parameter count, batch shape) for the cache.
-        repeats: timed calls per precision after a warm-up (the median is kept).
+        repeats: timed calls per precision after its warm-up.
         use_cache: read and write the decision cache (``$MAE_CACHE_DIR``).
     """
     key = f"{machine_key(device)}|{shape_key}"
     path = cache_path()
     if use_cache:
-        hit = _read_cache(path).get(key)
-        if isinstance(hit, dict) and hit.get("choice") in PRECISIONS:
+        hit = cached_choice(device, shape_key)
+        if hit is not None:
             logger.info("precision auto: %s (cached in %s; measured %s)", hit["choice"], path,
                         ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in hit.get("times", {}).items()))
             return hit["choice"], hit.get("times", {})
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
-    times = {}
-    # interleaved rounds, so that load from other processes hits every precision alike
     order = candidates(device)
-    for _ in range(repeats):
-        for p in order:
-            times.setdefault(p, []).append(_time_step(step, p, device, 1))
-    med = {p: sorted(t)[len(t) // 2] for p, t in times.items()}
+    for p in order:
+        _time_step(step, p, device)  # warm-up: allocations, oneDNN / cuBLAS kernel selection
+    times = {p: [] for p in order}
+    for r in range(repeats):
+        for p in order if r % 2 == 0 else order[::-1]:
+            times[p].append(_time_step(step, p, device))
+    best = {p: min(t) for p, t in times.items()}
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
         for k, v in model.named_buffers():
             v.copy_(buffers[k])
-    choice = choose_precision(med)
+    choice = choose_precision(best)
     logger.info("precision auto: %s (one forward + backward: %s)", choice,
-                ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in med.items()))
+                ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in best.items()))
     if use_cache:
-        _write_cache(path, key, {"choice": choice, "times": med, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return choice, med
+        _write_cache(path, key, {"choice": choice, "times": best, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return choice, best

@@ -24,3 +24,24 @@ def test_probe_times_both_caches_the_choice_and_leaves_no_gradients():
     assert [v["choice"] for v in cached.values()] == [choice]
     again, _ = probe_precision(model, lambda: 1 / 0, torch.device("cpu"), "toy")  # cache hit: step not called
     assert again == choice
+
+
+def test_cache_write_is_atomic_and_a_failed_write_keeps_the_old_cache(monkeypatch):
+    import mae_transfer.precision as core
+
+    model = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    first, _ = probe_precision(model, lambda: model(x).sum(), torch.device("cpu"), "toy-a", repeats=1)
+    path = cache_path()
+    before = path.read_text()
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as mp:  # (monkeypatch.undo would also drop conftest's MAE_CACHE_DIR)
+        mp.setattr(core.os, "replace", fail)
+        probe_precision(model, lambda: model(x).sum(), torch.device("cpu"), "toy-b", repeats=1)  # warns, runs on
+    assert path.read_text() == before  # the old cache intact, no torn file
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # and no temporary file left behind
+    probe_precision(model, lambda: model(x).sum(), torch.device("cpu"), "toy-b", repeats=1)
+    assert sorted(k.rsplit("|", 1)[-1] for k in json.loads(path.read_text())) == ["toy-a", "toy-b"]
