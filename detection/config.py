@@ -40,6 +40,8 @@ def _accepts(node: DictConfig, arg: str) -> bool:
 def load_config(name: str, overrides: list[str] = ()) -> DictConfig:
     """Load a LazyConfig and apply ``key=value`` overrides (errors name the key at fault)."""
     cfg = LazyConfig.load(str(resolve_config(name)))
+    if "train" in cfg and "precision" not in cfg.train:
+        cfg.train.precision = None  # fp32 | bf16 | fp16 | auto; None: train.amp.enabled decides (detection.engine)
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} is not of the form key=value")
