@@ -64,4 +64,8 @@ def load_config(name: str, overrides: list[str] = ()) -> DictConfig:
     for ov in overrides:
         key = ov.split("=", 1)[0]
         check_override_value(ov, key, old[key], OmegaConf.select(cfg, key, default=None))
+    precision = cfg.train.get("precision", None) if "train" in cfg else None
+    if precision is not None and precision not in ("fp32", "bf16", "fp16", "auto"):
+        raise ConfigError(f"train.precision must be one of fp32, bf16, fp16, auto (or null: follow "
+                          f"train.amp.enabled), got {precision!r}")
     return cfg

@@ -24,9 +24,12 @@ def apply_precision(cfg, precision: str):
 
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    ow = cfg.optim_wrapper
+    if ow.get("type") == "AutocastOptimWrapper" and ow.get("dtype", "bfloat16") not in ("bfloat16", "float16", "auto"):
+        raise ConfigError(f"optim_wrapper.dtype of AutocastOptimWrapper must be 'bfloat16', 'float16' or 'auto', "
+                          f"got {ow.get('dtype')!r}")
     if precision == "config":
         return
-    ow = cfg.optim_wrapper
     for key in ("dtype", "loss_scale"):
         ow.pop(key, None)
     if precision == "fp32":

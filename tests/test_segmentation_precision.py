@@ -40,6 +40,12 @@ def test_precision_flag_rewrites_the_optim_wrapper_and_config_keeps_the_demos():
         ow = cfg.optim_wrapper
         assert (ow.type, ow.get("dtype")) == (kind, dtype) and "loss_scale" not in ow
         assert ow.paramwise_cfg == _cfg("upernet_mae_b_ade20k").optim_wrapper.paramwise_cfg
+    from mae_transfer.common import ConfigError
+
+    bad = _cfg("upernet_mae_scenes_demo")
+    bad.optim_wrapper.dtype = "bf17"
+    with pytest.raises(ConfigError, match="optim_wrapper.dtype of AutocastOptimWrapper .* got 'bf17'"):
+        apply_precision(bad, "config")
 
 
 def test_fp16_wrapper_scales_the_loss_on_cpu_and_checkpoints_its_scaler():
