@@ -30,8 +30,8 @@ from mae_transfer.common import ConfigError, atomic_write, is_random_init, write
 from .checkpoint import SafeDetectionCheckpointer, load_weights
 
 __all__ = ["AutocastTrainer", "build_model", "build_trainer", "training_precision", "do_test", "do_train",
-           "flat_metrics", "write_metrics", "resolve_weights", "save_prediction_figure", "save_predictions", "preview_predictions", "finished_run_files",
-           "check_output_dir"]
+           "flat_metrics", "write_metrics", "resolve_weights", "save_prediction_figure", "save_predictions",
+           "preview_predictions", "finished_run_files", "check_output_dir"]
 
 logger = logging.getLogger("detectron2.mae_transfer")
 

@@ -61,8 +61,9 @@ def test_fp16_wrapper_scales_the_loss_on_cpu_and_checkpoints_its_scaler():
     wrapper.loss_scaler.update(1.0)
     wrapper.load_state_dict(state)
     assert wrapper.loss_scaler.get_scale() == state["loss_scaler"]["scale"]
+    undecided = AutocastOptimWrapper(dtype="auto", optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(RuntimeError, match="PrecisionProbeHook"):
-        with AutocastOptimWrapper(dtype="auto", optimizer=torch.optim.SGD(model.parameters(), lr=0.1)).optim_context(model):
+        with undecided.optim_context(model):
             pass
 
 
