@@ -3,8 +3,10 @@
 For the four kinds of training step the demo runs -- MAE pretraining, classification (fine-tune and the
 supervised baseline), Mask R-CNN (``vitdet_scenes_demo``) and UperNet (``upernet_mae_scenes_demo``) -- it
 times forward + backward + optimizer step at the demo's batch in fp32 and under bf16 autocast, the two
-interleaved so that load changes hit both, and prints the median step times and their ratio. The demo
-keeps fp32 where bf16 is not faster (a tiny model spends its time in small, memory-bound ops).
+interleaved so that load changes hit both, and prints the median step times, their ratio and what
+``precision=auto``'s rule (:func:`mae_transfer.precision.choose_precision`) makes of them. Detection and
+segmentation step through the trainers / optim wrappers the precision keys select. The demo keeps fp32
+where bf16 is not faster (a tiny model spends its time in small, memory-bound ops).
 
     python benchmarks/demo_precision.py [--threads 1] [--steps 8] [--only mae cls det seg]
 """
@@ -67,34 +69,39 @@ def cls_step():
 
 
 def det_step():
-    """Mask R-CNN of configs/detection/vitdet_scenes_demo.py on its scenes, one batch of the real loader."""
+    """Mask R-CNN of vitdet_scenes_demo, batch 8, one trainer run_step (SimpleTrainer / AutocastTrainer).
+
+    The trainers ``train.precision`` selects (fp32: detectron2's ``SimpleTrainer``, bf16: our
+    ``AutocastTrainer``), each ``run_step`` drawing its batch from the demo's real loader."""
     from detectron2.config import instantiate
+    from detectron2.engine import SimpleTrainer
     from detectron2.utils.events import EventStorage
 
     from detection.config import load_config
     from detection.datasets import setup_datasets
+    from detection.engine import AutocastTrainer
 
-    cfg = load_config("vitdet_scenes_demo")
+    cfg = load_config("vitdet_scenes_demo", ["train.device=cpu"])
     out = Path("output/benchmarks/demo_precision")
     setup_datasets(cfg, out)
     model = instantiate(cfg.model).train()
     cfg.optimizer.params.model = model
     opt = instantiate(cfg.optimizer)
-    batch = next(iter(instantiate(cfg.dataloader.train)))
-    EventStorage(0).__enter__()  # detectron2's heads log into the current storage
+    loader = instantiate(cfg.dataloader.train)
+    trainers = {"fp32": SimpleTrainer(model, loader, opt),
+                "bf16": AutocastTrainer(model, loader, opt, precision="bf16", device_type="cpu")}
+    storage = EventStorage(0)
+    storage.__enter__()  # detectron2's heads and the trainers' metrics log into the current storage
+    for t in trainers.values():
+        t.iter, t.storage = 0, storage
 
     def step(precision):
-        with _autocast(precision):
-            losses = model(batch)
-        loss = sum(v.float() for v in losses.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        trainers[precision].run_step()
     return step
 
 
 def seg_step():
-    """UperNet of configs/segmentation/upernet_mae_scenes_demo.py, one batch of the real loader."""
+    """UperNet of upernet_mae_scenes_demo, batch 8, mmseg's train_step (OptimWrapper / AutocastOptimWrapper)."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS, MODELS
@@ -112,16 +119,16 @@ def seg_step():
 
     data = pseudo_collate([ds[i] for i in range(cfg.train_dataloader.batch_size)])
     model = MODELS.build(cfg.model).train()
+    from mmengine.optim import OptimWrapper
+
+    from segmentation.autocast import AutocastOptimWrapper
+
     opt = torch.optim.AdamW(model.parameters(), 1e-4)
+    # the optim wrappers --precision fp32 / bf16 select, through mmseg's own train_step
+    wrappers = {"fp32": OptimWrapper(optimizer=opt), "bf16": AutocastOptimWrapper(dtype="bfloat16", optimizer=opt)}
 
     def step(precision):
-        batch = model.data_preprocessor(data, True)
-        with _autocast(precision):
-            losses = model(**batch, mode="loss")
-        loss = sum(v.float() for k, v in losses.items() if "loss" in k)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        model.train_step(data, wrappers[precision])
     return step
 
 
@@ -149,11 +156,13 @@ def main(argv=None):
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} thread(s), bf16 matmul kernels: "
           f"{torch.backends.mkldnn.is_available()} (oneDNN)")
-    print("| step | fp32 | bf16 autocast | bf16 / fp32 time |\n|---|---|---|---|")
+    from mae_transfer.precision import choose_precision
+
+    print("| step | fp32 | bf16 autocast | bf16 / fp32 time | auto's rule picks |\n|---|---|---|---|---|")
     for name in args.only:
         t = time_interleaved(STEPS[name](), args.steps)
         print(f"| {name}: {STEPS[name].__doc__.splitlines()[0]} | {t['fp32'] * 1000:.0f} ms | "
-              f"{t['bf16'] * 1000:.0f} ms | {t['bf16'] / t['fp32']:.2f}x |", flush=True)
+              f"{t['bf16'] * 1000:.0f} ms | {t['bf16'] / t['fp32']:.2f}x | {choose_precision(t)} |", flush=True)
 
 
 if __name__ == "__main__":

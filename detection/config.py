@@ -40,6 +40,8 @@ def _accepts(node: DictConfig, arg: str) -> bool:
 def load_config(name: str, overrides: list[str] = ()) -> DictConfig:
     """Load a LazyConfig and apply ``key=value`` overrides (errors name the key at fault)."""
     cfg = LazyConfig.load(str(resolve_config(name)))
+    if "train" in cfg and "precision" not in cfg.train:
+        cfg.train.precision = None  # fp32 | bf16 | fp16 | auto; None: train.amp.enabled decides (detection.engine)
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} is not of the form key=value")
@@ -62,4 +64,8 @@ def load_config(name: str, overrides: list[str] = ()) -> DictConfig:
     for ov in overrides:
         key = ov.split("=", 1)[0]
         check_override_value(ov, key, old[key], OmegaConf.select(cfg, key, default=None))
+    precision = cfg.train.get("precision", None) if "train" in cfg else None
+    if precision is not None and precision not in ("fp32", "bf16", "fp16", "auto"):
+        raise ConfigError(f"train.precision must be one of fp32, bf16, fp16, auto (or null: follow "
+                          f"train.amp.enabled), got {precision!r}")
     return cfg

@@ -1,6 +1,8 @@
 """Training and evaluation of a detection LazyConfig with detectron2's own machinery.
 
-The loop is detectron2's: ``AMPTrainer`` (mixed precision, CUDA) or ``SimpleTrainer``, the hooks of its
+The loop is detectron2's: ``SimpleTrainer`` (fp32), ``AMPTrainer`` (detectron2's fp16 mixed precision, CUDA)
+or :class:`AutocastTrainer` (an ``AMPTrainer`` whose autocast works on CPUs too, bf16 or fp16, chosen by
+``train.precision``, see :func:`training_precision`), the hooks of its
 ``lazyconfig_train_net.py`` (iteration timer, lr scheduler, periodic checkpointer, periodic COCO
 evaluation, writers printing losses, lr and ETA, TensorBoard), DDP through ``launch``. What is ours:
 ``--weights`` loading (:mod:`detection.checkpoint`), dataset validation (:mod:`detection.data`), atomic
@@ -27,9 +29,9 @@ from mae_transfer.common import ConfigError, atomic_write, is_random_init, write
 
 from .checkpoint import SafeDetectionCheckpointer, load_weights
 
-__all__ = ["build_model", "do_test", "do_train", "flat_metrics", "write_metrics", "resolve_weights",
-           "save_prediction_figure", "save_predictions", "preview_predictions", "finished_run_files",
-           "check_output_dir"]
+__all__ = ["AutocastTrainer", "build_model", "build_trainer", "training_precision", "do_test", "do_train",
+           "flat_metrics", "write_metrics", "resolve_weights", "save_prediction_figure", "save_predictions",
+           "preview_predictions", "finished_run_files", "check_output_dir"]
 
 logger = logging.getLogger("detectron2.mae_transfer")
 
@@ -78,6 +80,139 @@ def build_model(cfg) -> torch.nn.Module:
         raise ConfigError(f"train.device={device} but no CUDA device is available; add train.device=cpu")
     model = instantiate(cfg.model)
     return model.to(device)
+
+
+TRAIN_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
+def training_precision(cfg) -> str:
+    """The precision of the training steps: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (decided by a probe
+    in :func:`build_trainer`). Evaluation always runs in fp32.
+
+    ``train.precision`` decides when set. Unset (``None``, the default :func:`detection.config.load_config`
+    gives every config), detectron2's own key ``train.amp.enabled`` decides as it always has: off is
+    fp32; on is fp16 with a grad scaler (detectron2's ``AMPTrainer``) on CUDA, and bf16 on CPUs, where
+    ``AMPTrainer``'s ``torch.cuda.amp.autocast`` would do nothing (and its CUDA assertion fails)."""
+    train = cfg.train
+    on_gpu = str(train.device).startswith("cuda")
+    precision = train.get("precision", None)
+    if precision is None:
+        amp = bool(train.get("amp", {}).get("enabled", False))
+        precision = ("fp16" if on_gpu else "bf16") if amp else "fp32"
+    if precision not in TRAIN_PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(TRAIN_PRECISIONS)} (or null: follow "
+                          f"train.amp.enabled), got {precision!r}")
+    if precision == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16 but {torch.cuda.get_device_name()} has no bfloat16; use fp16 or auto")
+    return precision
+
+
+class AutocastTrainer(AMPTrainer):
+    """detectron2's ``AMPTrainer`` with ``torch.autocast`` on the model's own device type, so that mixed
+    precision works on CPUs (bf16 on those with AMX / avx512_bf16) as well as GPUs.
+
+    Hooks, metrics, checkpointing and the after-backward behaviour are ``AMPTrainer``'s. The heads' loss
+    functions (cross entropy, binary cross entropy, smooth L1) are on autocast's fp32 list, and their sum
+    is taken in fp32 outside autocast. bf16 has fp32's range: its grad scaler is disabled (scaling is the
+    identity, ``step`` is the optimizer's); fp16 scales the loss as ``AMPTrainer`` does.
+
+    Args:
+        model, data_loader, optimizer: as for ``SimpleTrainer``.
+        precision: ``"bf16"`` or ``"fp16"``.
+        device_type: ``"cpu"`` or ``"cuda"``, where the model runs.
+        **kwargs: ``AMPTrainer``'s other arguments (``gather_metric_period``, ``zero_grad_before_forward``,
+            ``log_grad_scaler``, ``async_write_metrics``).
+    """
+
+    def __init__(self, model, data_loader, optimizer, precision: str = "bf16", device_type: str = "cpu", **kwargs):
+        if precision not in ("bf16", "fp16"):
+            raise ValueError(f"AutocastTrainer: precision must be bf16 or fp16, got {precision!r}")
+        scaler = torch.amp.GradScaler(device_type, enabled=precision == "fp16")
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        super().__init__(model, data_loader, optimizer, grad_scaler=scaler, precision=dtype, **kwargs)
+        self.device_type = device_type
+
+    def run_step(self):
+        assert self.model.training, "[AutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        with torch.autocast(self.device_type, dtype=self.precision):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        losses = sum(v.float() for v in loss_dict.values())
+        if not self.zero_grad_before_forward:
+            self.optimizer.zero_grad()
+        self.grad_scaler.scale(losses).backward()
+        if self.log_grad_scaler and self.grad_scaler.is_enabled():
+            from detectron2.utils.events import get_event_storage
+            get_event_storage().put_scalar("[metric]grad_scaler", self.grad_scaler.get_scale())
+        self.after_backward()
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(self._write_metrics, loss_dict, data_time, iter=self.iter)
+        else:
+            self._write_metrics(loss_dict, data_time)
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
+
+    def load_state_dict(self, state_dict):
+        SimpleTrainer.load_state_dict(self, state_dict)
+        if "grad_scaler" in state_dict:  # a checkpoint of an fp32 run has none: resuming it in bf16 is fine
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+def _probe(model, data_loader, device: torch.device) -> tuple[str, dict]:
+    """``train.precision=auto``: one forward + backward of ``model`` on the first training batch in
+    fp32 and bf16 (fp16 on GPUs without bf16), timed by :func:`mae_transfer.precision.probe_precision`
+    and cached per machine and model shape. The batch is drawn, and the model run, with every RNG state
+    put back afterwards, so the training that follows is the same whether the choice was probed or cached."""
+    from detectron2.utils.events import EventStorage
+
+    from mae_transfer.precision import cache_path, cached_choice, kept_rng, probe_precision
+
+    with kept_rng():
+        batch = next(iter(data_loader))
+        # detectron2's AspectRatioGroupedDataset keeps its half-filled aspect-ratio buckets on itself; what
+        # the probe's iterator left there would join the training's first batches
+        for bucket in getattr(data_loader, "_buckets", []):
+            del bucket[:]
+        model.train()
+        n_params = sum(p.numel() for p in model.parameters())
+        hw = max((tuple(d["image"].shape[-2:]) for d in batch), default=(0, 0))
+        key = f"detectron2|{type(model).__name__}|{n_params}|batch {len(batch)} x {list(hw)}"
+
+        def step():
+            return sum(v.float() for v in model(batch).values())
+
+        cached = cached_choice(device, key)
+        with EventStorage(0):  # the heads log into the current storage
+            choice, times = probe_precision(model, step, device, key)
+    logger.info(f"train.precision=auto: {choice} ({'cached in ' + str(cache_path()) + ', ' if cached else ''}"
+                f"one forward + backward on the first batch: "
+                + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in times.items()) + ")")
+    return choice, times
+
+
+def build_trainer(cfg, model, ddp_model, data_loader, optimizer):
+    """The trainer for :func:`training_precision`; returns ``(trainer, precision, probe times or {})``.
+    ``model`` is the bare module (the probe runs on it, on rank 0), ``ddp_model`` what the trainer steps."""
+    precision = training_precision(cfg)
+    on_gpu = str(cfg.train.device).startswith("cuda")
+    times = {}
+    if precision == "auto":
+        choice = None
+        if comm.is_main_process():
+            choice, times = _probe(model, data_loader, next(model.parameters()).device)
+        precision = comm.all_gather(choice)[0] if comm.get_world_size() > 1 else choice
+    if precision == "fp32":
+        return SimpleTrainer(ddp_model, data_loader, optimizer), precision, times
+    if on_gpu and precision == "fp16" and cfg.train.get("precision", None) is None:
+        return AMPTrainer(ddp_model, data_loader, optimizer), precision, times  # train.amp.enabled as ever
+    return AutocastTrainer(ddp_model, data_loader, optimizer, precision=precision,
+                           device_type="cuda" if on_gpu else "cpu"), precision, times
 
 
 def _ddp(cfg, model):
@@ -187,7 +322,8 @@ def do_train(cfg, weights: str | None, resume: bool = False) -> tuple[dict, torc
     optim = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     ddp_model = _ddp(cfg, model)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(ddp_model, train_loader, optim)
+    trainer, precision, probe_times = build_trainer(cfg, model, ddp_model, train_loader, optim)
+    logger.info(f"training precision: {precision} ({type(trainer).__name__}); evaluation in fp32")
     checkpointer = SafeDetectionCheckpointer(model, cfg.train.output_dir, optimizer=optim, trainer=trainer)
     evals = _Evals(cfg, ddp_model)
     evals.trainer = trainer
@@ -224,6 +360,7 @@ def do_train(cfg, weights: str | None, resume: bool = False) -> tuple[dict, torc
     metrics.update({
         "wall_s": time.perf_counter() - t0, "eval_s": evals.seconds, "evals": evals.history,
         "max_iter": int(cfg.train.max_iter), "start_iter": start_iter, "num_params": n_params,
+        "precision": precision, "precision_probe_s": probe_times,
         "loss_first": sum(loss_values[:k]) / k if loss_values else None,
         "loss_last": sum(loss_values[-k:]) / k if loss_values else None,
     })

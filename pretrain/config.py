@@ -35,7 +35,7 @@ FIELDS: dict[str, tuple[Any, type, str]] = {
     "weights": (None, str, "linprobe/finetune/partial: checkpoint to start from (ours, official MAE, timm/DeiT), or 'none'"),
     "seed": (0, int, "seed of everything: init, data order, augmentation, masks"),
     "device": ("auto", str, "auto | cpu | cuda"),
-    "precision": ("auto", str, "auto | fp32 | bf16 | fp16 (auto: fp32 on CPU, bf16 on GPUs that have it, else fp16)"),
+    "precision": ("auto", str, "auto | fp32 | bf16 | fp16 (auto: the fastest, timed on the first batch and cached per machine, see mae_transfer/precision.py)"),
     # --- data ---
     "data": (None, str, "Fashion-MNIST IDX dir, or an ImageFolder (with train/ and val/ inside, or the train folder itself); None: built-in Fashion-MNIST"),
     "val_data": (None, str, "held-out ImageFolder for evaluation / reconstructions (default: <data>/val)"),

@@ -57,13 +57,16 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says where and which checkpoint is the last good one."""
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: fp32 on CPU (bf16 autocast measured slower there, see README), bf16 on CUDA GPUs that
-    support it, else fp16 (with a grad scaler)."""
+def resolve_precision(precision: str, device: torch.device, probe=None) -> str:
+    """``auto``: the fastest of fp32 / bf16 (fp16 on GPUs without bf16) measured by ``probe`` (a
+    callable returning the choice, see :func:`mae_transfer.precision.probe_precision`); without a
+    probe, bf16 on CUDA GPUs that support it, else fp16 there, and fp32 on CPU."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     if precision != "auto":
         return precision
+    if probe is not None:
+        return probe()
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
@@ -166,7 +169,7 @@ class Trainer:
     def __init__(self, cfg: dict, task, env: DistEnv, out_dir: Path, checkpoint_extra: dict | None = None):
         self.cfg, self.task, self.env, self.out = cfg, task, env, Path(out_dir)
         self.extra = checkpoint_extra or {}
-        self.precision = resolve_precision(cfg["precision"], env.device)
+        self.precision = resolve_precision(cfg["precision"], env.device, probe=lambda: self._probe_precision(cfg))
         if self.precision == "bf16" and env.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("precision bf16 requested but this GPU does not support bfloat16")
         self.batch, self.accum = cfg["batch_size"], cfg["accum_iter"]
@@ -194,6 +197,26 @@ class Trainer:
         self._writer = None
         self._purge_step = None
         self._t_fit, self._train_s0 = None, 0.0
+
+    def _probe_precision(self, cfg: dict) -> str:
+        """``precision=auto``: time one forward + backward of the task's loss on the first batch in each
+        precision (:mod:`mae_transfer.precision`); rank 0's choice holds for all ranks. RNG states are
+        restored afterwards, so a run is the same whether the decision was probed or cached."""
+        from mae_transfer.precision import probe_precision
+        if self.env.is_main:
+            rng = capture_rng()
+            batch = self._to_device(next(iter(DataLoader(self.task.train_set, batch_size=cfg["batch_size"]))))
+            batch.pop("skipped", None)
+            model = self.task.model
+            self.task.train_mode(model)
+            n_params = sum(p.numel() for p in model.parameters())
+            shapes = ",".join(f"{k}{list(v.shape)}" for k, v in sorted(batch.items()))
+            choice, _ = probe_precision(model, lambda: self.task.loss(model, batch), self.env.device,
+                                        f"{cfg['mode']}|{type(model).__name__}|{n_params}|{shapes}")
+            restore_rng(rng)
+        else:
+            choice = None
+        return all_gather_objects(choice)[0]
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def _state(self) -> dict:

@@ -192,7 +192,8 @@ def prepare_config(args):
     """Load the config and apply the command line; returns ``(cfg, config path)``.
 
     ``args`` has the attributes of ``tools/train_seg.py``'s parser: ``config``, ``cfg_options``,
-    ``launcher``, ``work_dir``, ``seed``, ``weights``, ``resume``, ``data_root``, ``test_mode``."""
+    ``launcher``, ``work_dir``, ``seed``, ``weights``, ``resume``, ``data_root``, ``test_mode`` and
+    ``precision`` (optional, default ``config``: see :func:`segmentation.precision.apply_precision`)."""
     from mmengine.config import Config
 
     path = resolve_config(args.config)
@@ -216,6 +217,8 @@ def prepare_config(args):
     _apply_data_root(cfg, args.data_root)
     _apply_classes(cfg, args)
     _apply_test_mode(cfg, args.test_mode)
+    from .precision import apply_precision
+    apply_precision(cfg, getattr(args, "precision", "config"))
     _fit_to_device(cfg, args.launcher)
     return cfg, path
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from mae_transfer.common import atomic_write
 
+from .autocast import wrapper_precision
 from .config import check_work_dir, prepare_config
+from .precision import PrecisionProbeHook, wants_probe
 from .data_check import check_data
 from .summary import save_outputs
 
@@ -54,6 +56,8 @@ def _train(runner):
     e.g. a resumed finished run), the training wall time in seconds and that validation's previews."""
     last = _last_val_hook()
     runner.register_hook(last)
+    if wants_probe(runner.cfg):
+        runner.register_hook(PrecisionProbeHook())
     t0 = time.time()
     runner.train()
     train_s = time.time() - t0
@@ -80,6 +84,8 @@ def _metrics(runner, cfg, cfg_path: Path, summary: dict, **extra) -> dict:
         "test_mode": cfg.model.test_cfg.get("mode"),
         "device": str(next(runner.model.parameters()).device),
         "world_size": runner.world_size,
+        "precision": wrapper_precision(runner.optim_wrapper),
+        "precision_probe_s": getattr(runner.optim_wrapper, "probe_times", {}),
         "checkpoint": str(Path(cfg.work_dir) / f"iter_{runner.iter}.pth"),
     })
     return out

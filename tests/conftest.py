@@ -18,6 +18,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _precision_cache(tmp_path_factory, monkeypatch):
+    """precision=auto caches its decision; tests keep it out of the user's ~/.cache."""
+    monkeypatch.setenv("MAE_CACHE_DIR", str(tmp_path_factory.mktemp("mae_cache")))
+
+
+@pytest.fixture(autouse=True)
 def _fresh_mm_singletons():
     """mmengine keeps its global instances (loggers with their stderr handlers, the visualizer with its
     save dir, message hubs) across in-process runs, where each real run has a process of its own: drop

@@ -372,6 +372,7 @@ def test_pretrain_reader_scales_16bit_images_instead_of_clipping(tmp_path):
     ("dataloader.train.total_batch_size=-2", ["total_batch_size", "> 0"]),
     ("optimizer.lr=fast", ["optimizer.lr", "number"]),
     ("train.max_itr=5", ["max_itr", "has no key"]),
+    ("train.precision=bf17", ["train.precision", "bf17"]),
 ])
 def test_det_bad_override_values(override, names, det_scenes, tmp_path, capsys):
     rc, err = _det(capsys, det_scenes, tmp_path / "out", "--weights", "none", overrides=[override])

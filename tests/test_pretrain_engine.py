@@ -19,8 +19,10 @@ from pretrain.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(ROOT / "pretrain" / "run.py")]
+# fp32: these tests compare runs bit for bit (or to 1e-5); precision=auto would probe each run afresh,
+# and two runs could measure their way to different precisions
 TINY = ["model=vit_micro_patch4", "train_subset=256", "eval_subset=64", "batch_size=32", "epochs=2",
-        "warmup_epochs=0.5", "progress=false", "log_every=1", "recon_images=2", "num_workers=0"]
+        "warmup_epochs=0.5", "progress=false", "log_every=1", "recon_images=2", "num_workers=0", "precision=fp32"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 

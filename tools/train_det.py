@@ -12,7 +12,9 @@
 ``--config`` is a path or a bare name in configs/detection. ``--weights`` takes any checkpoint
 mae_transfer reads (ours incl. MAE pretraining checkpoints, the official MAE release, timm/DeiT) for the
 backbone, a whole detector checkpoint of ours (e.g. DIR/model_final.pth) for the detector, or ``none``.
-Trailing ``key=value`` pairs override the LazyConfig. Multi-GPU / multi-machine through detectron2's
+Trailing ``key=value`` pairs override the LazyConfig; ``train.precision=fp32|bf16|fp16|auto`` sets the
+training precision (bf16 works on CPUs too; auto times fp32 and bf16 on the first batch; unset, the
+config's ``train.amp.enabled`` decides; evaluation runs in fp32; see detection/README.md). Multi-GPU / multi-machine through detectron2's
 ``launch`` (on CPU, ``--num-gpus N`` starts N gloo processes). Writes DIR/metrics.json with ``bbox/AP``,
 ``segm/AP`` (percent), ``wall_s`` and ``weights``. A DIR holding a finished run is refused unless
 ``--resume``, ``--eval-only`` (which then writes eval_metrics.json, eval_predictions.png beside the

@@ -58,6 +58,10 @@ def parse_args(argv=None):
                         "data_check, else pairs; label ids are checked per sample during training anyway)")
     p.add_argument("--skip-bad-data", action="store_true",
                    help="leave out bad image/label pairs (and log how many) instead of stopping")
+    p.add_argument("--precision", choices=["config", "auto", "fp32", "bf16", "fp16"], default="config",
+                   help="training precision (evaluation stays fp32): the config's optim wrapper (default), "
+                        "auto (fp32 or bf16, whichever a timed forward + backward on the first batch finds "
+                        "faster; cached per machine and model), or a fixed one")
     p.add_argument("--cfg-options", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config entries, e.g. train_cfg.max_iters=200 optim_wrapper.optimizer.lr=3e-4 "
                         "(a new max_iters also moves the scheduler ends, val and checkpoint intervals tied to it)")

@@ -80,7 +80,7 @@ dataloader = lsj_dataloader(image_size=image_size, total_batch_size=8, min_scale
 
 train = model_zoo.get_config("common/train.py").train
 train.device = "cuda" if torch.cuda.is_available() else "cpu"
-train.amp.enabled = torch.cuda.is_available()  # CPU bf16 autocast measured slower than fp32
+train.amp.enabled = torch.cuda.is_available()  # CPU: fp32; train.precision=bf16 | auto for CPU bf16 (detection/README.md)
 train.weights = "none"   # give --weights <MAE / supervised checkpoint>
 train.max_iter = 500     # 500 iters * 8 images / 2000 scenes = 2 epochs
 train.eval_period = 250
