@@ -141,7 +141,7 @@ class DetectionPredictor:
 
     def __init__(self, weights: Path, config: str | None, device: str, score_thresh: float | None):
         from detectron2.config import instantiate
-        from detectron2.data import MetadataCatalog
+        from detectron2.data.catalog import Metadata
         from detectron2.data.transforms import AugmentationList
 
         weights = Path(weights)
@@ -165,8 +165,8 @@ class DetectionPredictor:
         self.image_format = str(mapper.get("image_format", None) or cfg.model.get("input_format", "BGR"))
         num_classes = int(cfg.model.roi_heads.num_classes)
         self.categories = run_categories(cfg, weights.parent, num_classes)
-        self.meta = MetadataCatalog.get("__predict__")
-        self.meta.set(thing_classes=[c["name"] for c in self.categories])
+        # standalone, not in MetadataCatalog, which refuses to change a registered name's classes
+        self.meta = Metadata(name=f"predict:{weights}", thing_classes=[c["name"] for c in self.categories])
         self.results: list[dict] = []
         self.images: list[dict] = []
         self.device = device

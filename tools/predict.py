@@ -115,7 +115,9 @@ def main(args) -> dict:
     weights, out = Path(args.weights), Path(args.out)
     ckpt = read_checkpoint(weights)
     kind = checkpoint_kind(ckpt, str(weights))
-    paths = find_images(args.images)
+    paths = [p for p in find_images(args.images) if out.resolve() not in p.resolve().parents]  # not our own outputs
+    if not paths:
+        raise ConfigError(f"--images {args.images!r}: the only images found lie inside --out {str(out)!r}")
     device = resolve_device(args.device)
     check_out_dir(out, overwrite=args.overwrite, weights=weights)
     predictor = build_predictor(kind, weights, ckpt, args, device)
