@@ -210,7 +210,8 @@ def test_mae_writes_a_reconstruction_figure_per_image(runs, images, tmp_path, ca
         assert not (fig[:, w + PANEL_GAP:2 * w + PANEL_GAP] == original).all(), "the second is masked"
     assert json.loads((out / "predict.json").read_text())["mask_ratio"] == 0.5
     # the 16-bit TIFF is read from its full range, not clipped at 255 (which would make it white)
-    deep, grey = read_image(images / "deep.tif", "d").rgb, Image.open(images / "photo.jpg").convert("L").resize((70, 70))
+    scene = Image.open(runs["scenes"] / "images" / "validation" / "000000.jpg").convert("RGB")
+    deep, grey = read_image(images / "deep.tif", "d").rgb, scene.resize((70, 70)).convert("L")
     assert np.abs(deep[..., 0].astype(int) - np.asarray(grey, dtype=int)).max() <= 1
 
 
