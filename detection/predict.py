@@ -163,6 +163,8 @@ class DetectionPredictor:
         mapper = cfg.dataloader.test.mapper
         self.augment = AugmentationList([instantiate(a) for a in mapper.get("augmentations", [])])
         self.image_format = str(mapper.get("image_format", None) or cfg.model.get("input_format", "BGR"))
+        if self.image_format not in ("RGB", "BGR"):
+            raise ConfigError(f"{cfg_path}: image_format {self.image_format!r}: predict feeds RGB or BGR images")
         num_classes = int(cfg.model.roi_heads.num_classes)
         self.categories = run_categories(cfg, weights.parent, num_classes)
         # standalone, not in MetadataCatalog, which refuses to change a registered name's classes
