@@ -59,3 +59,23 @@ def test_16bit_grey_tiff_folder_pretrains_then_linear_probes_by_flags(tiff_folde
     log = (probe / "log.txt").read_text()
     assert "normalisation (the checkpoint)" in log and "Trouser" in log.split("per-class accuracy")[1]
     assert load_file(probe / "checkpoint-final.pth")["norm_stats"]["mean"] == ck["norm_stats"]["mean"]
+
+
+def test_normalisation_precedence_config_then_checkpoint_then_data(tiff_folder, tmp_path, monkeypatch):
+    from mae_transfer.data.datasets import DataError, ImageFolder
+    from pretrain.config import resolve
+    from pretrain.data import norm_stats
+    monkeypatch.setenv("MAE_DATA_DIR", str(tmp_path / "cache"))
+    cfg = resolve({}, "linprobe", {"data": str(tiff_folder)}, {})
+    train = ImageFolder(tiff_folder / "train")
+    computed = norm_stats(cfg, train)
+    assert computed["source"] == "computed from the training images" and len(computed["mean"]) == 1
+    ours = {"norm_stats": {"mean": [0.1], "std": [0.2]}}
+    assert norm_stats(cfg, train, ours) == {"mean": (0.1,), "std": (0.2,), "source": "the checkpoint"}
+    mixed = norm_stats({**cfg, "mean": (0.3,)}, train, ours)
+    assert (mixed["mean"], mixed["std"]) == ((0.3,), (0.2,)) and "mean: the config" in mixed["source"]
+    # statistics for other channels than the data's are not used
+    rgb = {"norm_stats": {"mean": [0.4] * 3, "std": [0.2] * 3}}
+    assert norm_stats(cfg, train, rgb)["mean"] == computed["mean"]
+    with pytest.raises(DataError, match="mean has 2 values .* 1 channel"):
+        norm_stats({**cfg, "mean": (0.3, 0.4)}, train)
