@@ -35,7 +35,7 @@ from .models.vit import resize_beit_bias_table, resize_rel_pos
 logger = logging.getLogger("mae_transfer")
 
 __all__ = ["CheckpointError", "CheckpointMismatchError", "LoadReport", "MAE_DECODER_KEYS", "load_file",
-           "extract_state_dict", "to_mae_transfer_keys", "adapt_state_dict", "check_state_dict", "load_pretrained",
+           "extract_state_dict", "to_mae_transfer_keys", "adapt_in_chans", "adapt_state_dict", "check_state_dict", "load_pretrained",
            "save_checkpoint"]
 
 # Parameters a downstream model may add on top of a pretrained encoder: they start from their init.
@@ -165,8 +165,26 @@ def resize_patch_embed(weight: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return F.interpolate(weight.float(), size=size, mode="bicubic", align_corners=False).to(weight.dtype)
 
 
+def adapt_in_chans(weight: torch.Tensor, in_chans: int) -> tuple[torch.Tensor, str]:
+    """An RGB patch-embedding kernel ``(D, 3, p, p)`` for ``in_chans`` input channels, by timm's
+    ``adapt_input_conv`` rule: 1 channel = the sum over R, G, B (a grey image then gives the features its
+    RGB copy would); N channels = R, G, B repeated to N and scaled by 3 / N (the response to a constant
+    image is kept). Returns the kernel ``(D, in_chans, p, p)`` and a note saying which rule was used."""
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise CheckpointMismatchError(f"patch_embed.proj.weight {tuple(weight.shape)}: only an RGB (3-channel) "
+                                      f"patch embedding can be adapted to {in_chans} input channels")
+    w = weight.float()
+    if in_chans == 1:
+        out, rule = w.sum(dim=1, keepdim=True), "summed over RGB"
+    else:
+        reps = -(-in_chans // 3)
+        out, rule = w.repeat(1, reps, 1, 1)[:, :in_chans] * (3.0 / in_chans), f"RGB repeated, x 3/{in_chans}"
+    return out.to(weight.dtype), f"patch_embed.proj.weight {tuple(weight.shape)}->{tuple(out.shape)} ({rule})"
+
+
 def adapt_state_dict(sd: dict, model: nn.Module) -> tuple[dict, list[str]]:
-    """Fit position embeddings, patch kernels and relative-position tables to ``model``'s shapes.
+    """Fit position embeddings, patch kernels (input channels: :func:`adapt_in_chans`; size: bicubic) and
+    relative-position tables to ``model``'s shapes.
 
     Returns the new state dict and the keys that were resized."""
     target = model.state_dict()
@@ -192,6 +210,9 @@ def adapt_state_dict(sd: dict, model: nn.Module) -> tuple[dict, list[str]]:
         out[key] = patches
         resized.append(f"{key} {tuple(pe.shape)}->{tuple(patches.shape)}")
     key = "patch_embed.proj.weight"
+    if key in out and key in target and out[key].ndim == 4 and out[key].shape[1] != target[key].shape[1]:
+        out[key], note = adapt_in_chans(out[key], target[key].shape[1])
+        resized.append(note)
     if key in out and key in target and out[key].shape[-2:] != target[key].shape[-2:] \
             and out[key].shape[:2] == target[key].shape[:2]:
         old = tuple(out[key].shape)

@@ -50,20 +50,24 @@ def mae_reconstruction(model, imgs: torch.Tensor, mask_ratio: float = 0.75, nois
             "original": imgs}
 
 
-def _to_display(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """(C, H, W) normalised -> (H, W, C) in [0, 1]."""
-    mean = torch.tensor(mean).view(-1, 1, 1)
-    std = torch.tensor(std).view(-1, 1, 1)
-    return (x.cpu() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+def _to_display(x: torch.Tensor, mean, std):
+    """(C, H, W) normalised with the run's own ``mean`` / ``std`` -> pixels in [0, 1]: (H, W, 3) for RGB,
+    (H, W) grey for one channel, and for any other count the first channel, grey."""
+    mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    x = (x.cpu().float() * std + mean).clamp(0, 1)
+    return x.permute(1, 2, 0).numpy() if x.shape[0] == 3 else x[0].numpy()
 
 
 def save_reconstruction_figure(model, imgs: torch.Tensor, path: str | os.PathLike, mean: Sequence[float],
                                std: Sequence[float], mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
                                title: str | None = None) -> Path:
     """Rows: original, masked input, reconstruction, reconstruction + visible patches; one column per
-    image of ``imgs`` ``(N, C, H, W)`` (normalised with ``mean``/``std``). Masked patches show grey."""
+    image of ``imgs`` ``(N, C, H, W)`` (normalised with ``mean``/``std``, which de-normalise it for display:
+    pass the run's own, e.g. a grey dataset's, never ImageNet's for other data). Masked patches show mid-grey;
+    one-channel images show grey, images of other than 1 or 3 channels their first channel."""
     out = mae_reconstruction(model, imgs, mask_ratio, noise)
-    grey = (0.5 - torch.tensor(mean)) / torch.tensor(std)
+    grey = (0.5 - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
     removed = model.unpatchify(out["mask"].unsqueeze(-1).expand(-1, -1, model.patch_size ** 2 * imgs.shape[1])).bool()
     masked_show = torch.where(removed, grey.view(1, -1, 1, 1).to(out["original"].dtype), out["original"])
     rows = [("original", out["original"]), (f"masked {mask_ratio:.0%}", masked_show),
@@ -74,7 +78,7 @@ def save_reconstruction_figure(model, imgs: torch.Tensor, path: str | os.PathLik
     for r, (name, batch) in enumerate(rows):
         for c in range(n):
             ax = axes[r][c]
-            ax.imshow(_to_display(batch[c], mean, std), interpolation="nearest")
+            ax.imshow(_to_display(batch[c], mean, std), interpolation="nearest", cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if c == 0:

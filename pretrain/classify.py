@@ -33,14 +33,14 @@ from .distributed import DistEnv, all_gather_objects, all_reduce_sum
 logger = logging.getLogger("pretrain")
 
 
-def vit_kwargs(cfg: dict, num_classes: int) -> dict:
+def vit_kwargs(cfg: dict, num_classes: int, in_chans: int = 3) -> dict:
     if cfg["model"] not in VIT_PRESETS:
         raise ConfigError(f"unknown model {cfg['model']!r}; known: {', '.join(VIT_PRESETS)}")
     mode = cfg["mode"]
     pool = cfg["linprobe_pool"] if mode == "linprobe" else cfg["global_pool"]
     if pool not in ("token", "avg"):
         raise ConfigError(f"{'linprobe_pool' if mode == 'linprobe' else 'global_pool'} must be token or avg, got {pool!r}")
-    return {**VIT_PRESETS[cfg["model"]], "img_size": cfg["img_size"], "num_classes": num_classes,
+    return {**VIT_PRESETS[cfg["model"]], "img_size": cfg["img_size"], "in_chans": in_chans, "num_classes": num_classes,
             "global_pool": pool, "drop_path_rate": 0.0 if mode == "linprobe" else cfg["drop_path"]}
 
 
@@ -105,11 +105,17 @@ class ClassifyTask:
         self.cfg, self.env, mode = cfg, env, cfg["mode"]
         weights = cfg["weights"]
         _check_weights_flag(mode, weights)
-        train, val = splits(cfg, VIT_PRESETS.get(cfg["model"], {}).get("patch_size", 1), need_val=True)
-        self.num_classes = cfg["num_classes"] or len(train.classes)
         raw = None if weights is None or is_random_init(weights) else load_file(weights)
+        # a checkpoint of ours says which channels its encoder saw: the data is fitted to them
+        ckpt_chans = (raw.get("model_kwargs") or {}).get("in_chans") if raw is not None else None
+        train, val = splits(cfg, VIT_PRESETS.get(cfg["model"], {}).get("patch_size", 1), need_val=True,
+                            in_chans=cfg["in_chans"] or ckpt_chans)
+        self.num_classes = cfg["num_classes"] or len(train.classes)
+        self.class_names = [str(c) for c in train.classes][:self.num_classes]
+        self.class_names += [f"class_{i}" for i in range(len(self.class_names), self.num_classes)]
         self.cfg = cfg = _pool_for_checkpoint(cfg, raw)
-        self.model_kwargs = vit_kwargs(cfg, self.num_classes)
+        self.model_kwargs = vit_kwargs(cfg, self.num_classes, train.channels)
+        self.norm_stats = norm_stats(cfg, train, raw, env)  # stored in this run's checkpoints too
         model = self._build_model(raw)
         _set_trainable(model, cfg)
         self.full_model = model.to(env.device)
@@ -139,7 +145,7 @@ class ClassifyTask:
     def _build_data(self, train, val):
         """Test set, training set (or, for the cached linear probe, their frozen features) and ``model``."""
         cfg, mode = self.cfg, self.cfg["mode"]
-        self.mean, self.std = norm_stats(cfg, train)
+        self.mean, self.std = self.norm_stats["mean"], self.norm_stats["std"]
         self.eval_tf = make_transform(cfg, self.mean, self.std, train=False)
         self.val = seeded(val, self.eval_tf, cfg["seed"])
         self.cached = mode == "linprobe" and cfg["cache_features"] and cfg["augment"] == "none"
@@ -213,10 +219,12 @@ class ClassifyTask:
 
     @torch.no_grad()
     def evaluate(self, model=None) -> dict:
-        """Top-1 / top-5 (%) on the whole test set, exact under DDP (each rank a disjoint share)."""
+        """Top-1 / top-5 (%) on the whole test set, exact under DDP (each rank a disjoint share), and
+        ``per_class``: ``{class name: {"accuracy": top-1 % of its test images, "images": n}}``."""
         dev, W, r = self.env.device, self.env.world_size, self.env.rank
         self.full_model.eval()
         stats = torch.zeros(3, dtype=torch.float64)
+        per_class = torch.zeros(2, self.num_classes, dtype=torch.float64)  # correct, images
         bs = max(self.cfg["batch_size"], 256)
         if self.cached:
             feats, labels = self.val_feats
@@ -232,8 +240,21 @@ class ClassifyTask:
             top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
             stats += torch.tensor([(top5[:, 0] == y).sum().item(), (top5 == y[:, None]).any(1).sum().item(), len(y)],
                                   dtype=torch.float64)
-        stats = all_reduce_sum(stats)
-        return {"top1": 100.0 * stats[0].item() / stats[2].item(), "top5": 100.0 * stats[1].item() / stats[2].item()}
+            per_class[0].index_add_(0, y, (top5[:, 0] == y).double())
+            per_class[1].index_add_(0, y, torch.ones(len(y), dtype=torch.float64))
+        stats, per_class = all_reduce_sum(stats), all_reduce_sum(per_class)
+        return {"top1": 100.0 * stats[0].item() / stats[2].item(), "top5": 100.0 * stats[1].item() / stats[2].item(),
+                "per_class": {name: {"accuracy": 100.0 * per_class[0, i].item() / per_class[1, i].item()
+                                     if per_class[1, i] else None, "images": int(per_class[1, i].item())}
+                              for i, name in enumerate(self.class_names)}}
 
     def finish(self, out, history) -> dict:
-        return self.evaluate()
+        """The final evaluation; logs the per-class accuracy table under the class names."""
+        metrics = self.evaluate()
+        width = max(len(n) for n in self.class_names)
+        lines = [f"{'class':{width}s}  top-1 %  images"]
+        for name, m in metrics["per_class"].items():
+            acc = "-" if m["accuracy"] is None else f"{m['accuracy']:.2f}"
+            lines.append(f"{name:{width}s}  {acc:>7s}  {m['images']:6d}")
+        logger.info("per-class accuracy on the test images:\n%s", "\n".join(lines))
+        return metrics

@@ -40,8 +40,11 @@ FIELDS: dict[str, tuple[Any, type, str]] = {
     "data": (None, str, "Fashion-MNIST IDX dir, or an ImageFolder (with train/ and val/ inside, or the train folder itself); None: built-in Fashion-MNIST"),
     "val_data": (None, str, "held-out ImageFolder for evaluation / reconstructions (default: <data>/val)"),
     "img_size": (32, int, "input size (Fashion-MNIST 28x28 is padded to 32, then resized if different)"),
-    "mean": (None, float, "per-channel normalisation mean (None: the dataset's own)"),
-    "std": (None, float, "per-channel normalisation std (None: the dataset's own)"),
+    "in_chans": (None, int, "image channels the ViT takes (None: the data's: 1 grey, 3 colour, N for N-channel TIFF stacks; a checkpoint's own when fine-tuning one of ours); grey data with 3 is copied to RGB, colour with 1 turned grey"),
+    "alpha": ("drop", str, "RGBA / LA images: drop the alpha channel (logged) | keep it as the last channel"),
+    "mean": (None, float, "per-channel normalisation mean (None: a checkpoint's of ours, else the built-in data's, else computed from the training images and cached)"),
+    "std": (None, float, "per-channel normalisation std (None: as mean)"),
+    "norm_images": (2000, int, "training images the normalisation statistics are computed from (an evenly spaced sample of larger folders)"),
     "crop_scale": ((0.2, 1.0), float, "RandomResizedCrop scale range for training (MAE: 0.2-1)"),
     "hflip": (True, bool, "random horizontal flip for training"),
     "augment": ("crop_rand", str, "train-time augmentation (Table 1e): none (eval transform) | crop_fixed (fixed-size random crop + flip) | crop_rand (RandomResizedCrop + flip) | crop_rand_jitter (+ colour jitter); true/false: crop_rand/none"),
@@ -99,7 +102,7 @@ FIELDS: dict[str, tuple[Any, type, str]] = {
 _TUPLE_FIELDS = {k for k, (d, _, _) in FIELDS.items() if isinstance(d, tuple)} | {"mean", "std"}
 # Fields with a closed set of values (None stays allowed where it is the default).
 CHOICES = {"augment": ("none", "crop_fixed", "crop_rand", "crop_rand_jitter"), "target": ("pixel", "norm_pix", "pca"),
-           "mask_sampling": ("random", "block", "grid")}
+           "mask_sampling": ("random", "block", "grid"), "alpha": ("drop", "keep")}
 # augment was a bool before Table 1e's variants: True meant RandomResizedCrop + flip, False the eval transform.
 _LEGACY_BOOL = {"augment": ("crop_rand", "none")}
 

@@ -432,7 +432,8 @@ class Trainer:
             logger.warning("%d unusable images skipped so far", skipped)
         if cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0 and epoch + 1 < epochs \
                 and hasattr(self.task, "evaluate"):
-            rec.update({f"val_{k}": v for k, v in self.task.evaluate(self.model).items()})
+            rec.update({f"val_{k}": v for k, v in self.task.evaluate(self.model).items()
+                        if isinstance(v, (int, float))})  # the scalars: per-class tables go in metrics.json
             self.task.train_mode(self.model)
         self._log(rec)
         if cfg["save_every_epochs"] and (epoch + 1) % cfg["save_every_epochs"] == 0 and epoch + 1 < epochs:

@@ -29,7 +29,7 @@ def target_of(cfg: dict) -> str:
     return cfg["target"] or ("norm_pix" if cfg["norm_pix_loss"] else "pixel")
 
 
-def check_mae_config(cfg: dict, patch_size: int):
+def check_mae_config(cfg: dict, patch_size: int, in_chans: int = 3):
     """Raise :class:`ConfigError` naming both fields for a combination that cannot be run."""
     if not 0.0 < cfg["mask_ratio"] < 1.0:
         raise ConfigError(f"mask_ratio must be in (0, 1), got {cfg['mask_ratio']}"
@@ -45,18 +45,20 @@ def check_mae_config(cfg: dict, patch_size: int):
                               f"{cfg['img_size'] // patch_size} patches of {patch_size} a side")
     if cfg["pca_dim"] is not None and target_of(cfg) != "pca":
         raise ConfigError(f"pca_dim={cfg['pca_dim']} is for target=pca, got target={target_of(cfg)}")
-    if cfg["pca_dim"] is not None and not 0 < cfg["pca_dim"] <= 3 * patch_size ** 2:
-        raise ConfigError(f"pca_dim={cfg['pca_dim']}: a patch of {patch_size} a side has {3 * patch_size ** 2} values")
+    if cfg["pca_dim"] is not None and not 0 < cfg["pca_dim"] <= in_chans * patch_size ** 2:
+        raise ConfigError(f"pca_dim={cfg['pca_dim']}: a patch of {patch_size} a side and {in_chans} channel(s) has "
+                          f"{in_chans * patch_size ** 2} values")
 
 
-def mae_kwargs(cfg: dict) -> dict:
-    """Constructor arguments of the MAE for ``cfg`` (preset ``mae_<model>`` plus overrides)."""
+def mae_kwargs(cfg: dict, in_chans: int = 3) -> dict:
+    """Constructor arguments of the MAE for ``cfg`` (preset ``mae_<model>`` plus overrides) on images of
+    ``in_chans`` channels (the decoder predicts ``in_chans * patch_size**2`` values per patch)."""
     name = "mae_" + cfg["model"]
     if name not in MAE_PRESETS:
         raise ConfigError(f"model {cfg['model']!r} has no MAE preset {name!r}; known: "
                           f"{', '.join(k[4:] for k in MAE_PRESETS)}")
     target = target_of(cfg)
-    kw = {**MAE_PRESETS[name], "img_size": cfg["img_size"], "norm_pix_loss": target == "norm_pix",
+    kw = {**MAE_PRESETS[name], "img_size": cfg["img_size"], "in_chans": in_chans, "norm_pix_loss": target == "norm_pix",
           "target": target, "pca_dim": cfg["pca_dim"], "encoder_mask_tokens": cfg["mask_token_in_encoder"]}
     for k in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
         if cfg[k] is not None:
@@ -72,12 +74,14 @@ class MAETask:
 
     def __init__(self, cfg: dict, env: DistEnv):
         self.cfg, self.env = cfg, env
-        self.model_kwargs = mae_kwargs(cfg)
-        check_mae_config(cfg, self.model_kwargs["patch_size"])
+        name = "mae_" + cfg["model"]
+        train, self.val = splits(cfg, MAE_PRESETS[name]["patch_size"] if name in MAE_PRESETS else 1, need_val=False)
+        self.model_kwargs = mae_kwargs(cfg, train.channels)
+        check_mae_config(cfg, self.model_kwargs["patch_size"], train.channels)
+        self.norm_stats = norm_stats(cfg, train, env=env)  # stored in every checkpoint, reused downstream
+        self.mean, self.std = self.norm_stats["mean"], self.norm_stats["std"]
         torch.manual_seed(cfg["seed"])  # same init on every rank
         self.model = MaskedAutoencoderViT(**self.model_kwargs).to(env.device)
-        train, self.val = splits(cfg, self.model.patch_size, need_val=False)
-        self.mean, self.std = norm_stats(cfg, train)
         self.num_patches = self.model.grid_size[0] * self.model.grid_size[1]
         # block / grid masks as masking noise (a module function and plain values: picklable for workers)
         self.noise_fn = partial(mask_noise, cfg["mask_sampling"], grid=tuple(self.model.grid_size),

@@ -50,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help=f"Python config file (default {DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parents[2])})")
     p.add_argument("--out", help="output directory (default output/pretrain/<mode>-<time>)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--data", help="Fashion-MNIST IDX folder or ImageFolder (default: built-in Fashion-MNIST)")
+    p.add_argument("--data", "--data-path", dest="data",
+                   help="Fashion-MNIST IDX folder, or an image folder (class subfolders, or train/ and val/ with "
+                        "them; PNG / TIFF / JPEG, 8 or 16 bit, grey, RGB, RGBA, N-channel TIFF stacks) "
+                        "(default: built-in Fashion-MNIST)")
     p.add_argument("--weights", action="append", metavar="CKPT",
                    help="linprobe/finetune/partial: checkpoint (ours, official MAE, timm/DeiT) or 'none'; "
                         "sweep blocks=...: NAME=CKPT, repeated for each checkpoint")
@@ -104,7 +107,8 @@ def run_mode(cfg: dict, env) -> dict:
     else:
         from .classify import ClassifyTask
         task = ClassifyTask(cfg, env)
-    trainer = Trainer(cfg, task, env, out, checkpoint_extra={"model_kwargs": task.model_kwargs})
+    trainer = Trainer(cfg, task, env, out, checkpoint_extra={"model_kwargs": task.model_kwargs,
+                                                                  "norm_stats": task.norm_stats})
     trainer.maybe_resume()
     if env.is_main:  # only once the config is known to run: a refused one leaves the folder's as it was
         write_json(cfg, out / "config.json")

@@ -361,9 +361,10 @@ def test_pretrain_reader_scales_16bit_images_instead_of_clipping(tmp_path):
     d.mkdir()
     Image.fromarray(np.full((16, 16), 1000, np.uint16)).save(d / "a.png")        # 16-bit PNG
     Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(d / "b.tif")       # 16-bit TIFF
-    imgs = [np.asarray(ImageFolder(d).load(i)[0]) for i in range(2)]
-    assert imgs[0].shape == (16, 16, 3)
-    assert {int(imgs[0].max()), int(imgs[1].max())} == {round(1000 / 65535 * 255), round(32768 / 65535 * 255)}
+    ds = ImageFolder(d)
+    imgs = [ds.load(i)[0].array for i in range(2)]  # full depth: float planes, one channel (grey stays grey)
+    assert ds.channels == 1 and imgs[0].shape == (1, 16, 16)
+    assert sorted(float(a.max()) for a in imgs) == pytest.approx([1000 / 65535, 32768 / 65535], abs=1e-7)
 
 
 # ---- bad option values ------------------------------------------------------------------------------------

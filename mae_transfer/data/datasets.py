@@ -24,13 +24,15 @@ from ..common import atomic_write
 from .fashion_mnist import CLASSES as FASHION_CLASSES
 from .fashion_mnist import DEFAULT_ROOT as FASHION_ROOT
 from .fashion_mnist import DataError, load_fashion_mnist
+from .images import Planes, match_channels, probe_channels, read_image
 
 logger = logging.getLogger("mae_transfer")
 
-__all__ = ["DataError", "to_rgb", "FashionMNIST", "FashionMNISTPhotos", "ImageFolder", "SeededDataset", "Subset", "open_dataset",
+__all__ = ["DataError", "FashionMNIST", "FashionMNISTPhotos", "ImageFolder", "SeededDataset", "Subset", "open_dataset",
            "is_fashion_mnist_dir", "sample_seed", "IMG_EXTENSIONS", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
            "PHOTOS", "PHOTOS_MEAN", "PHOTOS_STD"]
 
+PROBE_FILES = 16  # files whose headers decide an ImageFolder's channel count
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Grey-level statistics of the 60k training images after zero-padding 28 -> 32 (measured once).
 FASHION_MNIST_MEAN = (0.2190,) * 3
@@ -48,30 +50,35 @@ def is_fashion_mnist_dir(path: str | os.PathLike) -> bool:
 
 
 class FashionMNIST(Dataset):
-    """Fashion-MNIST as RGB PIL images: the 28x28 grey photo zero-padded by 2 px to 32x32 (the product
-    background is black, so padding adds no edge; resizing would blur the 1-px details), grey copied to
-    3 channels so ImageNet-shaped models and checkpoints apply unchanged.
+    """Fashion-MNIST as PIL images: the 28x28 grey photo zero-padded by 2 px to 32x32 (the product
+    background is black, so padding adds no edge; resizing would blur the 1-px details), by default with
+    grey copied to 3 channels so ImageNet-shaped models and checkpoints apply unchanged.
 
     Args:
         split: "train" (60k) or "test" (10k).
         root: folder with the IDX files (default /usr/share/datasets/fashion-mnist).
-    Items: ``(PIL.Image RGB 32x32, label int, skipped=0)``.
+        channels: 3 (grey copied to RGB) or 1 (grey as it is).
+    Items: ``(PIL.Image RGB or L 32x32, label int, skipped=0)``.
     """
 
     classes = FASHION_CLASSES
-    mean, std = FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
-    def __init__(self, split: str = "train", root: str | os.PathLike | None = None):
+    def __init__(self, split: str = "train", root: str | os.PathLike | None = None, channels: int = 3):
+        if channels not in (1, 3):
+            raise DataError(f"Fashion-MNIST is grey: in_chans must be 1 or 3 (grey copied to RGB), got {channels}")
         images, labels = load_fashion_mnist(split, root)
         self.images = np.pad(images, ((0, 0), (2, 2), (2, 2)))
         self.labels = labels
         self.root = str(root or FASHION_ROOT)
+        self.channels = channels
+        self.mean, self.std = FASHION_MNIST_MEAN[:channels], FASHION_MNIST_STD[:channels]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def load(self, i: int) -> tuple[Image.Image, int, int]:
-        return Image.fromarray(self.images[i], mode="L").convert("RGB"), int(self.labels[i]), 0
+        img = Image.fromarray(self.images[i], mode="L")
+        return (img.convert("RGB") if self.channels == 3 else img), int(self.labels[i]), 0
 
 
 class FashionMNISTPhotos(Dataset):
@@ -95,6 +102,7 @@ class FashionMNISTPhotos(Dataset):
     classes = FASHION_CLASSES
     mean, std = PHOTOS_MEAN, PHOTOS_STD
     size = 32
+    channels = 3
 
     def __init__(self, split: str = "train", root: str | os.PathLike | None = None, seed: int = 0):
         from .scenes import RENDER_VERSION, data_dir, render_photos
@@ -122,55 +130,97 @@ class FashionMNISTPhotos(Dataset):
 
 
 class ImageFolder(Dataset):
-    """Images under ``root/<class>/**/*.jpg`` (labels = sorted class folders), or directly under ``root``
-    (one class; MAE ignores labels anyway).
+    """Images under ``root/<class>/**/*.png`` (labels = sorted class folders), or directly under ``root``
+    (one class; MAE ignores labels anyway), read by :func:`mae_transfer.data.images.read_image`: 8- and
+    16-bit, grey, RGB, RGBA, N-channel TIFF stacks, at full depth.
 
     Args:
         root: the folder.
         min_size: smallest usable side in pixels (one patch); smaller images count as unusable.
-        bad_images: ``"skip"``: an unreadable, truncated or too-small image is replaced by the next usable
-            one, counted (``skipped`` in each item) and logged with its path; ``"error"``: raise
-            :class:`DataError` naming it.
-    Items: ``(PIL.Image RGB, label, skipped)`` where ``skipped`` is the number of bad files passed over.
+        bad_images: ``"skip"``: an unreadable, truncated, too-small or wrong-channel image is replaced by
+            the next usable one, counted (``skipped`` in each item) and logged with its path; ``"error"``:
+            raise :class:`DataError` naming it.
+        classes: the class names of the training folder, for a held-out folder: its subfolders are given
+            their labels (a missing class is fine, an unknown one is an error); None: its own sorted names.
+        channels: channels every item has (None: the data's, from the headers of up to
+            :data:`PROBE_FILES` files spread over the folder: 1 if all are grey, 3 if grey and colour
+            mix, else the one count they share). Grey is copied to RGB and RGB turned grey (luma) to
+            fit; any other mismatch makes an image unusable.
+        alpha: ``"drop"`` the alpha channel of RGBA / LA images (logged once) or ``"keep"`` it as a channel.
+    Items: ``(image, label, skipped)``: a PIL L / RGB image or :class:`~mae_transfer.data.images.Planes`,
+    and the number of bad files passed over.
     """
 
-    mean = std = None  # the caller's (ImageNet statistics by default)
+    mean = std = None  # computed from the data (pretrain/data.py, mae_transfer.data.norm_stats)
 
-    def __init__(self, root: str | os.PathLike, min_size: int = 1, bad_images: str = "skip"):
+    def __init__(self, root: str | os.PathLike, min_size: int = 1, bad_images: str = "skip",
+                 channels: int | None = None, alpha: str = "drop", classes: list[str] | None = None):
         if bad_images not in ("skip", "error"):
             raise ValueError(f"bad_images must be 'skip' or 'error', got {bad_images!r}")
+        if alpha not in ("drop", "keep"):
+            raise DataError(f"alpha must be drop or keep, got {alpha!r}")
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"image folder {str(self.root)!r} does not exist or is not a folder")
-        self.min_size, self.bad_images = min_size, bad_images
+        self.min_size, self.bad_images, self.alpha = min_size, bad_images, alpha
         subdirs = sorted(d for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         self.samples: list[tuple[str, int]] = []
-        self.classes = [d.name for d in subdirs]
-        for label, d in enumerate(subdirs):
-            self.samples += [(f, label) for f in _image_files(d)]
+        self.classes = list(classes) if classes is not None else [d.name for d in subdirs]
+        unknown = [d.name for d in subdirs if d.name not in self.classes]
+        if unknown:
+            raise DataError(f"{self.root} has class folders the training folder lacks: {', '.join(unknown[:8])} "
+                            f"(training classes: {', '.join(self.classes[:8])}{', ...' if len(self.classes) > 8 else ''})")
+        for d in subdirs:
+            self.samples += [(f, self.classes.index(d.name)) for f in _image_files(d)]
         loose = [(str(f), 0) for f in sorted(self.root.iterdir()) if f.suffix.lower() in IMG_EXTENSIONS and f.is_file()]
         if loose and not self.samples:
-            self.classes, self.samples = [self.root.name], loose
+            self.samples = loose
+            self.classes = self.classes if classes is not None else [self.root.name]
         if not self.samples:
             raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) found in {str(self.root)!r}")
         self.labels = np.array([s[1] for s in self.samples], dtype=np.int64)
+        if channels is not None and channels < 1:
+            raise DataError(f"channels must be >= 1, got {channels}")
+        self.channels = channels or self._probe_channels()
         self._warned = 0
+
+    def _probe_channels(self) -> int:
+        """The folder's channel count from the headers of up to PROBE_FILES files spread over it."""
+        picks = np.unique(np.linspace(0, len(self.samples) - 1, min(PROBE_FILES, len(self.samples))).astype(int))
+        found: dict[int, str] = {}
+        alpha = 0
+        for i in picks:
+            path = self.samples[i][0]
+            try:
+                n, has_alpha = probe_channels(path, self.alpha)
+            except DataError:
+                continue  # an unusable file is reported when it is loaded
+            found.setdefault(n, path)
+            alpha += has_alpha
+        if alpha and self.alpha == "drop":
+            logger.info("%s: %d of %d sampled images have an alpha channel: dropped (alpha=keep keeps it as a "
+                        "channel)", self.root, alpha, len(picks))
+        if not found or set(found) == {1}:
+            return 1 if found else 3
+        if set(found) <= {1, 3}:
+            return 3
+        if len(found) == 1:
+            return next(iter(found))
+        raise DataError(f"images in {self.root} have different channel counts: "
+                        + ", ".join(f"{p} has {n}" for n, p in sorted(found.items()))
+                        + "; set in_chans to the one to use (grey <-> RGB is converted, others are skipped)")
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _open(self, path: str) -> Image.Image:
-        try:
-            with Image.open(path) as im:
-                img = to_rgb(im)  # forces a full decode: truncated files fail here
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    def _open(self, path: str) -> Image.Image | Planes:
+        img = match_channels(read_image(path, self.alpha), self.channels, path)
         if min(img.size) < self.min_size:
             raise DataError(f"image {path} is {img.size[0]}x{img.size[1]}, smaller than one "
                             f"{self.min_size}x{self.min_size} patch")
         return img
 
-    def load(self, i: int) -> tuple[Image.Image, int, int]:
+    def load(self, i: int) -> tuple[Image.Image | Planes, int, int]:
         for skipped in range(min(64, len(self))):
             path, label = self.samples[(i + skipped) % len(self)]
             try:
@@ -184,25 +234,6 @@ class ImageFolder(Dataset):
                                    "; further ones are only counted" if self._warned == 20 else "")
         raise DataError(f"{min(64, len(self))} consecutive unusable images in {self.root} from "
                         f"{self.samples[i][0]}: is the folder readable?")
-
-
-# PIL modes of single-channel images deeper than 8 bits (16-bit PNG / TIFF open as "I;16*" or "I"):
-# ``convert("RGB")`` clips their values at 255, so a 16-bit image would come out almost white.
-HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """``im`` as 8-bit RGB; 16-bit (and 32-bit int / float) grey images are scaled from their full range
-    (0..65535 for 16-bit, 0..1 or the image's maximum for float, 0..65535 for ``I``) instead of clipped."""
-    if im.mode not in HIGH_BIT_DEPTH_MODES:
-        return im.convert("RGB")
-    arr = np.asarray(im, dtype=np.float64)
-    if im.mode == "F":
-        top = 1.0 if arr.size and arr.max() <= 1.0 else max(float(arr.max(initial=0)), 1.0)
-    else:
-        top = 65535.0 if arr.size == 0 or arr.max() <= 65535 else float(arr.max())
-    grey = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(grey, mode="L").convert("RGB")
 
 
 def _image_files(d: Path) -> list[str]:
@@ -222,7 +253,7 @@ class Subset(Dataset):
         self.indices = (np.random.default_rng(seed).permutation(len(base))[:n] if 0 < n < len(base)
                         else np.arange(len(base)))
         self.labels = np.asarray(base.labels)[self.indices]
-        self.classes, self.mean, self.std = base.classes, base.mean, base.std
+        self.classes, self.mean, self.std, self.channels = base.classes, base.mean, base.std, base.channels
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -278,22 +309,28 @@ class SeededDataset(Dataset):
 
 
 def open_dataset(data: str | None, split: str, min_size: int = 1, bad_images: str = "skip",
-                 val_data: str | None = None):
+                 val_data: str | None = None, channels: int | None = None, alpha: str = "drop",
+                 classes: list[str] | None = None):
     """The ``split`` ("train" or "val") of ``data``: a Fashion-MNIST IDX folder (None: the built-in one),
     an ImageFolder with ``train/`` and ``val/`` inside, or the training ImageFolder itself (then the
     held-out images come from ``val_data``), or ``"fashion-mnist-photos"`` (:class:`FashionMNISTPhotos`).
-    Returns None for "val" when there is none."""
+    ``channels`` / ``alpha`` / ``classes``: see :class:`ImageFolder` (give a held-out split the training
+    split's ``channels`` and ``classes``). Returns None for "val" when there is none."""
     if data == PHOTOS:
+        if channels not in (None, 3):
+            raise DataError(f"{PHOTOS} are colour photos: in_chans must be 3, got {channels}")
         return FashionMNISTPhotos("train" if split == "train" else "test")
     if data is None or is_fashion_mnist_dir(data):
-        return FashionMNIST("train" if split == "train" else "test", data)
+        return FashionMNIST("train" if split == "train" else "test", data, channels or 3)
     root = Path(data)
     if not root.exists():
         raise DataError(f"data path {data!r} does not exist")
     if split == "train":
-        return ImageFolder(root / "train" if (root / "train").is_dir() else root, min_size, bad_images)
-    if val_data:
-        return ImageFolder(val_data, min_size, bad_images)
-    if (root / "val").is_dir():
-        return ImageFolder(root / "val", min_size, bad_images)
-    return None
+        folder = root / "train" if (root / "train").is_dir() else root
+    elif val_data:
+        folder = Path(val_data)
+    elif (root / "val").is_dir():
+        folder = root / "val"
+    else:
+        return None
+    return ImageFolder(folder, min_size, bad_images, channels, alpha, classes)

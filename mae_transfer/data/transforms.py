@@ -1,5 +1,6 @@
-"""Image transforms of the MAE recipes: PIL image (+ a per-sample ``random.Random``) in, normalised
-``(3, H, W)`` float tensor out.
+"""Image transforms of the MAE recipes: an image (+ a per-sample ``random.Random``) in, normalised
+``(C, H, W)`` float tensor out. Images are 8-bit PIL ``L`` / ``RGB`` images or
+:class:`mae_transfer.data.images.Planes` (16-bit, float, N-channel), resampled by the same PIL filters.
 
 - pretraining / linear probing: RandomResizedCrop(img_size, scale, ratio 3/4-4/3, bicubic) + horizontal
   flip, the same sampling rule as torchvision's, drawn from the given ``rng`` (no global RNG state, so a
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from .images import Planes
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -35,17 +38,46 @@ AUGMENTS = ("none", "crop_fixed", "crop_rand", "crop_rand_jitter")
 JITTER = 0.4
 
 
-def to_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """PIL RGB -> normalised float tensor (3, H, W)."""
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+def _stats(values: Sequence[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
+
+
+def to_tensor(img: Image.Image | Planes, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """PIL L / RGB (values / 255) or :class:`Planes` -> normalised float tensor (C, H, W); ``mean`` and
+    ``std`` ``(C, 1, 1)``."""
+    if isinstance(img, Planes):
+        x = torch.from_numpy(img.array.copy())
+    else:
+        a = np.array(img, dtype=np.uint8)
+        x = torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1)).float().div_(255)
+    if x.shape[0] != mean.shape[0]:
+        raise ValueError(f"image has {x.shape[0]} channels, the normalisation statistics {mean.shape[0]}")
     return x.sub_(mean).div_(std)
 
 
-def color_jitter(img: Image.Image, rng: random.Random, strength: float = JITTER) -> Image.Image:
+def _jitter_planes(img: Planes, ops: list[str], rng: random.Random, strength: float) -> Planes:
+    """PIL's three enhancers on float planes: brightness scales towards 0, contrast towards the image's
+    mean grey, saturation (3 channels only) towards its luma."""
+    a = img.array
+    for op in ops:
+        f = rng.uniform(1 - strength, 1 + strength)
+        if op == "Brightness":
+            a = a * f
+        elif op == "Contrast":
+            a = a.mean() + f * (a - a.mean())
+        elif a.shape[0] == 3:
+            grey = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), a, 1)[None]
+            a = grey + f * (a - grey)
+    return Planes(a)
+
+
+def color_jitter(img: Image.Image | Planes, rng: random.Random, strength: float = JITTER) -> Image.Image | Planes:
     """Brightness, contrast and saturation, each by a factor uniform in [1 - strength, 1 + strength],
     in an order drawn from ``rng``."""
     ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
     rng.shuffle(ops)
+    if isinstance(img, Planes):
+        return _jitter_planes(img, [op.__name__ for op in ops], rng, strength)
     for op in ops:
         img = op(img).enhance(rng.uniform(1 - strength, 1 + strength))
     return img
@@ -68,7 +100,7 @@ class RandomResizedCropFlip:
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, jitter: float = 0.0):
         self.size, self.scale, self.ratio, self.hflip = size, tuple(scale), tuple(ratio), hflip
         self.jitter = jitter
-        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.mean, self.std = _stats(mean), _stats(std)
 
     def params(self, width: int, height: int, rng: random.Random) -> tuple[int, int, int, int]:
         """(left, top, w, h) of the crop."""
@@ -113,7 +145,7 @@ class RandomCropFlip:
     def __init__(self, size: int, crop_pct: float = 0.875, hflip: bool = True,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
         self.size, self.resize, self.hflip = size, int(round(size / crop_pct)), hflip
-        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.mean, self.std = _stats(mean), _stats(std)
 
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
         s = self.resize / min(img.size)
@@ -131,7 +163,7 @@ class EvalTransform:
     def __init__(self, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  crop_pct: float = 1.0):
         self.size, self.resize = size, int(round(size / crop_pct))
-        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.mean, self.std = _stats(mean), _stats(std)
 
     def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         w, h = img.size
@@ -153,6 +185,11 @@ class _GlobalSeeded:
         self.transform = transform
 
     def __call__(self, img: Image.Image, rng: random.Random) -> torch.Tensor:
+        if isinstance(img, Planes) or img.mode != "RGB":
+            from .fashion_mnist import DataError
+            raise DataError(f"auto_augment / reprob (timm's RandAugment and random erasing) need 8-bit RGB "
+                            f"images, this one has {'float planes' if isinstance(img, Planes) else img.mode}; "
+                            f"drop auto_augment and reprob for this data")
         s = rng.getrandbits(63)
         py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
         try:
