@@ -78,6 +78,7 @@ def _metrics(runner, cfg, cfg_path: Path, summary: dict, **extra) -> dict:
         "iters": runner.iter,
         "data_root": cfg.get("data_root"),
         "test_mode": cfg.model.test_cfg.get("mode"),
+        "img_size": cfg.model.backbone.get("img_size"),
         "device": str(next(runner.model.parameters()).device),
         "world_size": runner.world_size,
         "checkpoint": str(Path(cfg.work_dir) / f"iter_{runner.iter}.pth"),
