@@ -170,6 +170,7 @@ def set_img_size(cfg: DictConfig, n: int, overrides: list[str] = ()) -> list[str
     if any(f"{vit}.img_size" == k or f"{vit}.img_size".startswith(k + ".") for k in given):
         raise ConfigError(f"--img-size {n} and the override of {vit}.img_size both set the input size: give one")
     own = own_img_size(cfg)
+    OmegaConf.select(cfg, vit).img_size = own  # a constructor default becomes the config's own value
     ratio = Fraction(n, own)
     lines = [f"--img-size {n} (the config is made for {own}; pixel sizes x {n}/{own}):"]
     for key, kind in _size_keys(cfg):

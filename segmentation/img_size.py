@@ -149,6 +149,7 @@ def set_img_size(cfg, n: int, options: list[str] = ()) -> list[str]:
         raise ConfigError(f"--img-size {n} and --cfg-options {clash[0]}=... both set the backbone's input size: "
                           f"give one")
     own = own_img_size(cfg)
+    cfg.model.backbone.img_size = cfg.model.backbone.get("img_size", own)  # the backbone's default, made explicit
     ratio = Fraction(n, own)
     patch, stride, _ = _layout(cfg)
 
