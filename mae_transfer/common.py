@@ -1,5 +1,6 @@
 """What every tool and adapter shares: atomic file writes, the config error, config lookup by name,
-the ``--weights none`` rule, and the walk from a parameter-name prefix to the encoder it names.
+the ``--weights none`` rule, the walk from a parameter-name prefix to the encoder it names, and the
+sizes suggested when an ``--img-size`` does not work.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import IO, Callable
 import torch.nn as nn
 
 __all__ = ["ConfigError", "atomic_write", "write_json", "is_random_init", "find_config", "find_submodule",
-           "encoder_depth", "check_override_value", "disk_full_message"]
+           "encoder_depth", "sizes_that_work", "check_override_value", "disk_full_message"]
 
 
 class ConfigError(ValueError):
@@ -111,6 +112,15 @@ def find_config(name: str | os.PathLike, config_dir: str | os.PathLike) -> Path:
 POSITIVE_KEYS = ("max_iter", "max_iters", "total_batch_size", "batch_size", "val_interval", "interval", "period",
                  "lr", "epochs", "max_epochs")
 NON_NEGATIVE_KEYS = ("num_workers", "eval_period", "log_period", "weight_decay", "warmup_iters")
+
+
+def sizes_that_work(n: int, step: int, minimum: int) -> str:
+    """The input sizes nearest ``n`` among the multiples of ``step`` that are at least ``minimum``, for
+    an error message: ``sizes_that_work(50, 16, 32) == "48 or 64"``."""
+    lo = max(minimum + -minimum % step, n // step * step)
+    below = [s for s in (lo - step, lo) if minimum <= s < n]
+    above = lo if lo > n else lo + step
+    return " or ".join(str(s) for s in (below[-1:] + [above]))
 
 
 def check_override_value(option: str, key: str, old, new):

@@ -1,5 +1,6 @@
 """Segmentation configs: finding one by name, applying the command line, the rule that moves what was
-tied to an overridden ``train_cfg.max_iters``, and the walk over a config's datasets."""
+tied to an overridden ``train_cfg.max_iters`` (``--img-size``'s rule for the sizes: :mod:`segmentation.img_size`),
+and the walk over a config's datasets."""
 
 from __future__ import annotations
 
@@ -129,6 +130,16 @@ def _apply_cfg_options(cfg, options: list[str]):
     follow_max_iters(cfg, orig_iters)
 
 
+def _apply_img_size(cfg, args):
+    """``--img-size N``: every key tied to the input size set for N x N crops (:mod:`segmentation.img_size`;
+    ``--cfg-options`` of those keys win), the derived values printed as one block."""
+    n = getattr(args, "img_size", None)
+    if n is None:
+        return
+    from .img_size import set_img_size
+    logger.warning("\n".join(set_img_size(cfg, n, getattr(args, "cfg_options", []))))
+
+
 def _apply_data_root(cfg, data_root: str | None):
     """Point every dataset at ``data_root``; without one, generate the config's ``scenes`` if it has them."""
     if data_root is None and cfg.get("scenes"):
@@ -192,13 +203,14 @@ def prepare_config(args):
     """Load the config and apply the command line; returns ``(cfg, config path)``.
 
     ``args`` has the attributes of ``tools/train_seg.py``'s parser: ``config``, ``cfg_options``,
-    ``launcher``, ``work_dir``, ``seed``, ``weights``, ``resume``, ``data_root``, ``test_mode`` and
+    ``launcher``, ``work_dir``, ``seed``, ``weights``, ``resume``, ``data_root``, ``test_mode``, ``img_size`` and
     ``precision`` (optional, default ``config``: see :func:`segmentation.precision.apply_precision`)."""
     from mmengine.config import Config
 
     path = resolve_config(args.config)
     cfg = Config.fromfile(str(path))
     _apply_cfg_options(cfg, args.cfg_options)
+    _apply_img_size(cfg, args)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or str(REPO / "output" / "segmentation" / path.stem)
     cfg.randomness = dict(seed=args.seed, deterministic=False)

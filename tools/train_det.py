@@ -4,6 +4,7 @@
     python tools/train_det.py --config vitdet_mae_l --weights mae_pretrain_vit_large.pth --num-gpus 8
     python tools/train_det.py --config vitdet_scenes_mini --weights output/pretrain/run/checkpoint-final.pth
     python tools/train_det.py --config vitdet_scenes_demo --weights none --output-dir /tmp/d --seed 1
+    python tools/train_det.py --config vitdet_mae_b --img-size 768 ...   # every size-dependent key, printed
     python tools/train_det.py --config vitdet_scenes_mini --eval-only --output-dir DIR   # DIR's last checkpoint
     python tools/train_det.py --config vitdet_scenes_mini --resume --output-dir DIR      # continue DIR's run
     python tools/train_det.py --config vitdet_mae_b --train-json my.json --train-images img/ \\
@@ -12,7 +13,8 @@
 ``--config`` is a path or a bare name in configs/detection. ``--weights`` takes any checkpoint
 mae_transfer reads (ours incl. MAE pretraining checkpoints, the official MAE release, timm/DeiT) for the
 backbone, a whole detector checkpoint of ours (e.g. DIR/model_final.pth) for the detector, or ``none``.
-Trailing ``key=value`` pairs override the LazyConfig; ``train.precision=fp32|bf16|fp16|auto`` sets the
+Trailing ``key=value`` pairs override the LazyConfig (and win over what ``--img-size`` derives; see
+detection/img_size.py for the rule); ``train.precision=fp32|bf16|fp16|auto`` sets the
 training precision (bf16 works on CPUs too; auto times fp32 and bf16 on the first batch; unset, the
 config's ``train.amp.enabled`` decides; evaluation runs in fp32; see detection/README.md). Multi-GPU / multi-machine through detectron2's
 ``launch`` (on CPU, ``--num-gpus N`` starts N gloo processes). Writes DIR/metrics.json with ``bbox/AP``,
@@ -24,6 +26,7 @@ training's files) or ``--overwrite`` is given.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -40,6 +43,7 @@ from detection.engine import (build_model, check_output_dir, do_test, do_train, 
                               save_predictions, write_metrics)
 from detection.config import ConfigError, load_config, resolve_config  # noqa: E402
 from detection.datasets import setup_datasets  # noqa: E402
+from detection.img_size import own_img_size, set_img_size  # noqa: E402
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
 
 
@@ -50,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="backbone / detector checkpoint, or 'none' (default: the config's train.weights)")
     p.add_argument("--output-dir", default=None, help="default: output/detection/<config name>")
     p.add_argument("--seed", type=int, default=None, help="default: the config's train.seed (-1: random)")
+    p.add_argument("--img-size", type=int, default=None, metavar="N",
+                   help="N x N inputs: sets the backbone size, square pad, LSJ crop, test resize, anchors and "
+                        "ROI level rule together (scaled by N / the config's size; printed at start-up)")
     p.add_argument("--eval-only", action="store_true",
                    help="evaluate --weights (a detector checkpoint) or the output dir's last checkpoint")
     p.add_argument("--resume", action="store_true", help="continue from the output dir's last checkpoint")
@@ -74,6 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def setup(args):
     """Config with overrides, output dir, seed, logging (detectron2's default_setup), datasets."""
     cfg = load_config(args.config, args.opts)
+    size_lines = set_img_size(cfg, args.img_size, args.opts) if args.img_size is not None else []
     out = args.output_dir or str(Path("output/detection") / resolve_config(args.config).stem)
     cfg.train.output_dir = out
     if args.seed is not None:
@@ -86,6 +94,8 @@ def setup(args):
     args.config_file = str(resolve_config(args.config))
     check_output_dir(Path(out), resume=args.resume, eval_only=args.eval_only, overwrite=args.overwrite)
     default_setup(cfg, args)
+    if size_lines and comm.is_main_process():
+        logging.getLogger("detectron2").info("\n".join(size_lines))
     setup_datasets(cfg, Path(out) / "datasets", need_train=not args.eval_only)
     return cfg
 
@@ -112,6 +122,7 @@ def main(args) -> dict:
         metrics, model = do_train(cfg, weights, resume=args.resume)
     metrics.update(wall_s=time.perf_counter() - t0, weights=str(weights) if weights else "none",
                    config=args.config_file, seed=int(cfg.train.seed), eval_only=bool(args.eval_only),
+                   img_size=own_img_size(cfg),
                    world_size=comm.get_world_size(), device=str(cfg.train.device))
     out = Path(cfg.train.output_dir)
     # an evaluation in a training run's folder writes beside the training's files, not over them

@@ -3,6 +3,7 @@
 
     python tools/train_seg.py --config upernet_mae_mini_scenes --weights output/pretrain/ckpt.pth \\
         --work-dir output/segmentation/mae --seed 0
+    python tools/train_seg.py --config upernet_mae_b_ade20k --img-size 640 ...  # every size-dependent key
     torchrun --nproc-per-node 8 tools/train_seg.py --config upernet_mae_b_ade20k \\
         --weights mae_pretrain_vit_base.pth --data-root data/ade/ADEChallengeData2016 --launcher pytorch
 
@@ -51,6 +52,9 @@ def parse_args(argv=None):
                         "(default: the config's; without it ids 0..C-1 are the classes)")
     p.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
                    help="ids 0..C-1 are the classes (0 = background is a class)")
+    p.add_argument("--img-size", type=int, default=None, metavar="N",
+                   help="N x N crops: sets crop_size, the preprocessor's pad size, the backbone size and every "
+                        "pipeline resize / crop together (scaled by N / the config's size; printed at start-up)")
     p.add_argument("--test-mode", choices=["config", "whole", "slide"], default="config",
                    help="whole-image or sliding-window inference (crop = the training crop, stride 2/3 of it)")
     p.add_argument("--check-data", choices=["config", "pairs", "full", "none"], default="config",
