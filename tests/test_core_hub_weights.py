@@ -25,6 +25,8 @@ from mae_transfer.models.mae import MaskedAutoencoderViT
 from mae_transfer.models.pos_embed import get_2d_sincos_pos_embed
 from mae_transfer.models.vit import VisionTransformer
 
+from hf_layout import to_hf  # tests/hf_layout.py
+
 REPO = Path(__file__).resolve().parents[1]
 # tiny: 32 px, patch 8 (a 4x4 grid), 64 wide, 2 blocks of 4 heads; a 32-wide, 1-block decoder
 TINY = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4)
@@ -49,45 +51,6 @@ def random_mae() -> MaskedAutoencoderViT:
 def encoder_of(sd: dict) -> dict:
     """Our state dict without the MAE decoder: what timm's ``model.safetensors`` holds."""
     return {k: v for k, v in sd.items() if not k.startswith(("decoder_", "mask_token"))}
-
-
-def hf_layer(sd: dict, ours: str, theirs: str) -> dict:
-    """One of our blocks (prefix ``ours``, e.g. ``blocks.0``) under transformers' ``ViTMAELayer`` names
-    (prefix ``theirs``, e.g. ``vit.encoder.layer.0``)."""
-    q, k, v = sd[f"{ours}.attn.qkv.weight"].chunk(3)
-    qb, kb, vb = sd[f"{ours}.attn.qkv.bias"].chunk(3)
-    out = {f"{theirs}.attention.attention.query.weight": q, f"{theirs}.attention.attention.query.bias": qb,
-           f"{theirs}.attention.attention.key.weight": k, f"{theirs}.attention.attention.key.bias": kb,
-           f"{theirs}.attention.attention.value.weight": v, f"{theirs}.attention.attention.value.bias": vb}
-    for hf, mine in (("attention.output.dense", "attn.proj"), ("intermediate.dense", "mlp.fc1"),
-                     ("output.dense", "mlp.fc2"), ("layernorm_before", "norm1"), ("layernorm_after", "norm2")):
-        for p in ("weight", "bias"):
-            out[f"{theirs}.{hf}.{p}"] = sd[f"{ours}.{mine}.{p}"]
-    return out
-
-
-def to_hf(sd: dict, pretraining: bool, position_tables: bool = True) -> dict:
-    """Our MAE state dict in ``ViTMAEForPreTraining`` names (``pretraining``) or ``ViTMAEModel`` names
-    (the encoder, no prefix); ``position_tables=False`` leaves the sin-cos tables out, as the
-    transformers versions that hold them as non-persistent buffers do."""
-    pre = "vit." if pretraining else ""
-    out = {f"{pre}embeddings.cls_token": sd["cls_token"],
-           f"{pre}embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-           f"{pre}embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"],
-           f"{pre}layernorm.weight": sd["norm.weight"], f"{pre}layernorm.bias": sd["norm.bias"]}
-    if position_tables:
-        out[f"{pre}embeddings.position_embeddings"] = sd["pos_embed"]
-    for i in range(TINY["depth"]):
-        out.update(hf_layer(sd, f"blocks.{i}", f"{pre}encoder.layer.{i}"))
-    if pretraining:
-        for k in ("decoder_embed.weight", "decoder_embed.bias", "mask_token", "decoder_norm.weight",
-                  "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias"):
-            out[f"decoder.{k}"] = sd[k]
-        if position_tables:
-            out["decoder.decoder_pos_embed"] = sd["decoder_pos_embed"]
-        for i in range(DECODER["decoder_depth"]):
-            out.update(hf_layer(sd, f"decoder_blocks.{i}", f"decoder.decoder_layers.{i}"))
-    return {k: v.contiguous() for k, v in out.items()}
 
 
 def features(vit: VisionTransformer) -> torch.Tensor:
@@ -153,6 +116,14 @@ def test_hf_layouts_give_the_features_of_our_format(tmp_path, mae_sd, pretrainin
     assert report.format == "hf-vit-mae" and report.missing == []
     # into an encoder the decoder is all there is to drop
     assert len(report.unexpected) == (len([k for k in mae_sd if k not in encoder_of(mae_sd)]) if pretraining else 0)
+    torch.testing.assert_close(features(vit), ours_reference(tmp_path, encoder_of(mae_sd)), rtol=0, atol=0)
+
+
+def test_hf_pytorch_model_bin_loads_as_the_safetensors_file(tmp_path, mae_sd):
+    """The hub's other file of the same weights, ``pytorch_model.bin`` (torch.save of the state dict)."""
+    torch.save(to_hf(mae_sd, pretraining=True), tmp_path / "pytorch_model.bin")
+    vit = VisionTransformer(**TINY)
+    assert load_pretrained(vit, tmp_path / "pytorch_model.bin", allow_missing=None, log=False).format == "hf-vit-mae"
     torch.testing.assert_close(features(vit), ours_reference(tmp_path, encoder_of(mae_sd)), rtol=0, atol=0)
 
 

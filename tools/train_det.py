@@ -10,8 +10,9 @@
         --val-json val.json --val-images val/ train.max_iter=20000 dataloader.train.total_batch_size=16
 
 ``--config`` is a path or a bare name in configs/detection. ``--weights`` takes any checkpoint
-mae_transfer reads (ours incl. MAE pretraining checkpoints, the official MAE release, timm/DeiT) for the
-backbone, a whole detector checkpoint of ours (e.g. DIR/model_final.pth) for the detector, or ``none``.
+mae_transfer reads (ours incl. MAE pretraining checkpoints, the official MAE release, timm/DeiT, Hugging
+Face ViT-MAE; ``.pth`` or ``.safetensors``, see README "Weight formats accepted") for the backbone, a
+whole detector checkpoint of ours (e.g. DIR/model_final.pth) for the detector, or ``none``.
 Trailing ``key=value`` pairs override the LazyConfig. Multi-GPU / multi-machine through detectron2's
 ``launch`` (on CPU, ``--num-gpus N`` starts N gloo processes). Writes DIR/metrics.json with ``bbox/AP``,
 ``segm/AP`` (percent), ``wall_s`` and ``weights``. A DIR holding a finished run is refused unless
