@@ -46,7 +46,7 @@ logger = logging.getLogger("mae_transfer")
 
 __all__ = ["CheckpointError", "CheckpointMismatchError", "LoadReport", "MAE_DECODER_KEYS", "HF_VIT_MAE",
            "load_file", "is_safetensors", "extract_state_dict", "to_mae_transfer_keys", "adapt_state_dict",
-           "check_state_dict", "check_hf_config", "hf_config_beside", "add_missing_sincos", "load_pretrained",
+           "check_state_dict", "check_hf_config", "hf_config_beside", "add_hf_sincos_tables", "load_pretrained",
            "save_checkpoint", "save_safetensors"]
 
 # Parameters a downstream model may add on top of a pretrained encoder: they start from their init.
@@ -315,36 +315,44 @@ def check_hf_config(config: Mapping, model: nn.Module, source: str):
 
 def _fit_hf_vit_mae(sd: dict, model: nn.Module, source: str) -> list[str]:
     """Complete a renamed ``transformers`` ViT-MAE state dict ``sd`` for ``model`` in place; returns notes
-    for the load report.
-
-    - ``config.json`` beside ``source`` is checked against the model (:func:`check_hf_config`).
-    - The fixed sin-cos position tables (``pos_embed``, ``decoder_pos_embed``) are frozen parameters in
-      some ``transformers`` versions and non-persistent buffers, absent from the file, in others. An
-      absent one is set to the MAE 2-D sin-cos table of the model's grid (cls row zero): the values the
-      HF model computes for itself, and what our model holds at init."""
-    notes = []
+    for the load report: ``config.json`` beside ``source`` is checked against the model
+    (:func:`check_hf_config`) and absent sin-cos tables are added (:func:`add_hf_sincos_tables`)."""
+    notes, config = [], None
     found = hf_config_beside(source)
     if found is not None:
-        check_hf_config(found[1], model, str(found[0]))
+        config = found[1]
+        check_hf_config(config, model, str(found[0]))
         notes.append(f"sizes checked against {found[0]}")
-    target = model.state_dict()
-    wanted = {key: (target[key].shape[-1], with_cls) for key, with_cls in
-              (("pos_embed", getattr(model, "pos_embed_cls", True)), ("decoder_pos_embed", True)) if key in target}
-    return notes + add_missing_sincos(sd, wanted, model.grid_size)
+    return notes + add_hf_sincos_tables(sd, config)
 
 
-def add_missing_sincos(sd: dict, wanted: Mapping[str, tuple[int, bool]], grid: tuple[int, int]) -> list[str]:
-    """Put the MAE 2-D sin-cos table into ``sd`` for each key of ``wanted`` it lacks; returns one note each.
+def add_hf_sincos_tables(sd: dict, config: Mapping | None) -> list[str]:
+    """Add the fixed sin-cos position tables a ``transformers`` ViT-MAE state dict ``sd`` (in our names)
+    lacks; returns one note for each table added.
 
-    Args: ``sd`` a state dict in our names, changed in place; ``wanted`` key -> (width, whether the table
-    has a (zero) cls row), e.g. ``{"pos_embed": (768, True)}``; ``grid`` the patch grid ``(h, w)``.
-    Each table is ``(1, [1 +] h*w, width)``."""
+    ``pos_embed`` and ``decoder_pos_embed`` are frozen parameters in some ``transformers`` versions and
+    non-persistent buffers, absent from the file, in others. An absent one is set to what the HF model
+    computes for itself: the MAE 2-D sin-cos table with a zero cls row, ``(1, 1 + h*w, width)``, for the
+    grid of ``config`` (``image_size // patch_size``; without a config transformers' default 224 px, that
+    of every ``facebook/vit-mae-*`` snapshot, over the kernel's patch size). The loader then resamples it
+    to the model's grid exactly as a stored table, so both kinds of file give the same model."""
+    widths = {"pos_embed": "patch_embed.proj.weight", "decoder_pos_embed": "decoder_embed.weight"}
+    missing = [k for k, w in widths.items() if k not in sd and w in sd]
+    if not missing:
+        return []
+    config = config or {}
+    image = config.get("image_size", 224)
+    patch = config.get("patch_size", sd["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in sd
+                       else 16)
+    image = (image, image) if isinstance(image, int) else tuple(image)
+    patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    grid = (int(image[0]) // int(patch[0]), int(image[1]) // int(patch[1]))
+    whence = "config.json's image_size / patch_size" if "image_size" in config else "transformers' default 224 px"
     notes = []
-    for key, (width, with_cls) in wanted.items():
-        if key not in sd:
-            sd[key] = get_2d_sincos_pos_embed(width, grid, cls_token=with_cls).unsqueeze(0)
-            notes.append(f"{key} not in the checkpoint (a non-persistent buffer in some transformers versions): "
-                         f"set to the fixed 2-D sin-cos table it holds, for a {grid[0]}x{grid[1]} grid")
+    for key in missing:
+        sd[key] = get_2d_sincos_pos_embed(sd[widths[key]].shape[0], grid, cls_token=True).unsqueeze(0)
+        notes.append(f"{key} not in the checkpoint (a non-persistent buffer in some transformers versions): set to "
+                     f"the fixed 2-D sin-cos table it holds, for the {grid[0]}x{grid[1]} grid of {whence}")
     return notes
 
 

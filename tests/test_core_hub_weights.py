@@ -94,6 +94,7 @@ def test_timm_safetensors_loads_and_matches_ours_and_timm(tmp_path, mae_sd):
 def test_hf_for_pretraining_loads_the_whole_mae(tmp_path, mae_sd, position_tables):
     path = tmp_path / "model.safetensors"
     save_file(to_hf(mae_sd, pretraining=True, position_tables=position_tables), str(path))
+    (tmp_path / "config.json").write_text(json.dumps(HF_CONFIG))
     torch.manual_seed(5)  # another init: everything must come from the file
     mae = MaskedAutoencoderViT(**TINY, **DECODER)
     report = load_pretrained(mae, path, allow_missing=None, log=False)
@@ -129,13 +130,29 @@ def test_hf_pytorch_model_bin_loads_as_the_safetensors_file(tmp_path, mae_sd):
 
 def test_hf_position_table_left_out_is_the_one_transformers_computes(tmp_path, mae_sd):
     save_file(to_hf(mae_sd, pretraining=False, position_tables=False), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(HF_CONFIG))
     vit = VisionTransformer(**TINY)
     with torch.no_grad():
         vit.pos_embed.zero_()
     load_pretrained(vit, tmp_path / "model.safetensors", allow_missing=None, log=False)
     # transformers' get_2d_sincos_pos_embed(64, 4, add_cls_token=True), the MAE reference's table
     torch.testing.assert_close(vit.pos_embed[0], get_2d_sincos_pos_embed(64, 4, cls_token=True), rtol=0, atol=0)
-    torch.testing.assert_close(vit.pos_embed, mae_sd["pos_embed"])
+
+
+def test_hf_file_with_or_without_its_tables_gives_the_same_model(tmp_path, mae_sd):
+    """Without config.json the table is the one of transformers' default 224 px (a 28x28 grid at patch 8),
+    resampled to the model's grid like a stored one: both kinds of file load to the same weights."""
+    stored, left_out = tmp_path / "stored" / "model.safetensors", tmp_path / "left_out" / "model.safetensors"
+    hf = to_hf(mae_sd, pretraining=False)
+    hf["embeddings.position_embeddings"] = get_2d_sincos_pos_embed(64, 28, cls_token=True).unsqueeze(0)
+    for path, tensors in ((stored, hf), (left_out, to_hf(mae_sd, pretraining=False, position_tables=False))):
+        path.parent.mkdir()
+        save_file(tensors, str(path))
+    a, b = VisionTransformer(**TINY), VisionTransformer(**TINY)
+    assert "resized" in str(load_pretrained(a, stored, log=False))
+    report = load_pretrained(b, left_out, log=False)
+    assert "28x28 grid of transformers' default 224 px" in str(report), report
+    torch.testing.assert_close(a.pos_embed, b.pos_embed, rtol=0, atol=0)
 
 
 def test_hf_config_beside_is_checked(tmp_path, mae_sd):

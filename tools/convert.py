@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mae_transfer.checkpoint import (HF_VIT_MAE, MAE_DECODER_KEYS, CheckpointError,  # noqa: E402
-                                     add_missing_sincos, extract_state_dict, hf_config_beside, load_file,
+                                     add_hf_sincos_tables, extract_state_dict, hf_config_beside, load_file,
                                      save_checkpoint, save_safetensors, to_mae_transfer_keys)
 from mae_transfer.checkpoint_keys import to_mmseg_keys  # noqa: E402
 
@@ -52,7 +52,8 @@ def convert(src: str, dst: str, to: str = "ours", keep_decoder: bool = False) ->
         raise CheckpointError(f"{src}: no ViT keys found (expected e.g. blocks.0.attn.qkv.weight)")
     if not (keep_decoder and to in KEEPS_DECODER):
         sd = {k: v for k, v in sd.items() if not MAE_DECODER_KEYS.match(k)}
-    notes = _hf_sincos_tables(sd, src) if fmt == HF_VIT_MAE else []
+    # a transformers file may lack its fixed sin-cos tables: write them, so the output loads like ours
+    notes = add_hf_sincos_tables(sd, (hf_config_beside(src) or (None, None))[1]) if fmt == HF_VIT_MAE else []
     if to == "ours":
         out = {"model": sd, "source": str(src), "source_format": fmt}
     elif to == "timm":
@@ -70,23 +71,6 @@ def convert(src: str, dst: str, to: str = "ours", keep_decoder: bool = False) ->
         raise ValueError(f"unknown output format {to!r}")
     save_checkpoint(out, dst)
     return {"from": fmt, "to": to, "tensors": len(sd), "notes": notes}
-
-
-def _hf_sincos_tables(sd: dict, src: str) -> list[str]:
-    """A Hugging Face ViT-MAE file may lack its fixed sin-cos position tables (non-persistent buffers in
-    some transformers versions): write them into ``sd``, for the grid of the ``config.json`` beside ``src``
-    (its ``image_size`` / ``patch_size``; transformers' default 224 px and the kernel's patch size without
-    one), so the output loads like any of ours. Returns the notes to print."""
-    if "patch_embed.proj.weight" not in sd:  # not a whole encoder: the loader will list what is missing
-        return []
-    found = hf_config_beside(src)
-    config = found[1] if found else {}
-    patch = config.get("patch_size") or sd["patch_embed.proj.weight"].shape[-1]
-    side = int(config.get("image_size", 224)) // int(patch)
-    wanted = {"pos_embed": (sd["patch_embed.proj.weight"].shape[0], True)}
-    if "decoder_embed.weight" in sd:
-        wanted["decoder_pos_embed"] = (sd["decoder_embed.weight"].shape[0], True)
-    return add_missing_sincos(sd, wanted, (side, side))
 
 
 def main(argv=None):
