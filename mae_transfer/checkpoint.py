@@ -323,12 +323,14 @@ def _fit_hf_vit_mae(sd: dict, model: nn.Module, source: str) -> list[str]:
         config = found[1]
         check_hf_config(config, model, str(found[0]))
         notes.append(f"sizes checked against {found[0]}")
-    return notes + add_hf_sincos_tables(sd, config)
+    tables = [k for k in ("pos_embed", "decoder_pos_embed") if k in model.state_dict()]
+    return notes + add_hf_sincos_tables(sd, config, tables)
 
 
-def add_hf_sincos_tables(sd: dict, config: Mapping | None) -> list[str]:
-    """Add the fixed sin-cos position tables a ``transformers`` ViT-MAE state dict ``sd`` (in our names)
-    lacks; returns one note for each table added.
+def add_hf_sincos_tables(sd: dict, config: Mapping | None,
+                         tables: Iterable[str] = ("pos_embed", "decoder_pos_embed")) -> list[str]:
+    """Add the fixed sin-cos position tables of ``tables`` a ``transformers`` ViT-MAE state dict ``sd`` (in
+    our names) lacks; returns one note for each table added. ``config``: the ``config.json`` beside, or None.
 
     ``pos_embed`` and ``decoder_pos_embed`` are frozen parameters in some ``transformers`` versions and
     non-persistent buffers, absent from the file, in others. An absent one is set to what the HF model
@@ -337,7 +339,7 @@ def add_hf_sincos_tables(sd: dict, config: Mapping | None) -> list[str]:
     of every ``facebook/vit-mae-*`` snapshot, over the kernel's patch size). The loader then resamples it
     to the model's grid exactly as a stored table, so both kinds of file give the same model."""
     widths = {"pos_embed": "patch_embed.proj.weight", "decoder_pos_embed": "decoder_embed.weight"}
-    missing = [k for k, w in widths.items() if k not in sd and w in sd]
+    missing = [k for k in tables if k not in sd and widths[k] in sd]
     if not missing:
         return []
     config = config or {}
