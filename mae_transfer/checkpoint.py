@@ -1,21 +1,31 @@
 """Checkpoints: safe loading, the one place that absorbs foreign formats, atomic saving.
 
+Files read: PyTorch checkpoints (``.pth``, ``.pt``, ``.bin``) with ``torch.load(weights_only=True)``, and
+``.safetensors`` files (recognised by their name or their header) with the ``safetensors`` package, which
+holds tensors and string metadata only: no pickle is involved.
+
 Formats read (detected from the keys, see :func:`to_mae_transfer_keys`):
-- ours: ``{"model": state_dict, "config": {...}, ...}`` written by :func:`save_checkpoint`;
+- ours: ``{"model": state_dict, "config": {...}, ...}`` written by :func:`save_checkpoint`, or our names in
+  a ``.safetensors`` file written by :func:`save_safetensors` (``tools/convert.py --to safetensors``);
 - the official MAE release (``mae_pretrain_vit_*.pth``, ``{"model": ...}``, and fine-tuned ones with
   ``fc_norm``/``head``), including full training checkpoints of the reference code (``args``);
-- timm / DeiT supervised ViTs (a plain state dict or ``{"model": ...}``);
+- timm / DeiT supervised ViTs (a plain state dict or ``{"model": ...}``), e.g. timm's hub
+  ``model.safetensors`` of ``vit_base_patch16_224.mae``;
+- Hugging Face ``facebook/vit-mae-*`` (``ViTMAEForPreTraining`` / ``ViTMAEModel`` names), with the
+  ``config.json`` beside the file checked against the model (:func:`check_hf_config`);
 - checkpoints written by our Detectron2 (``backbone.net.``) and MMSegmentation (``backbone.vit.``) adapters;
 - MMSegmentation / MMPretrain ViT, MAE and BEiT backbones (``layers.i.ln1``, ...).
 The key renames are the table of :mod:`mae_transfer.checkpoint_keys`. Every key-mismatch report (missing,
 unexpected, wrong-shape keys) is written by :func:`check_state_dict`.
 
-Checkpoints are untrusted input: everything is read with ``torch.load(weights_only=True)``.
+Checkpoints are untrusted input: everything is read with ``torch.load(weights_only=True)`` or
+``safetensors``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -27,16 +37,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint_keys import MAE_DECODER_KEYS, to_mae_transfer_keys
+from .checkpoint_keys import HF_VIT_MAE, MAE_DECODER_KEYS, to_mae_transfer_keys
 from .common import atomic_write
-from .models.pos_embed import resample_abs_pos_embed
+from .models.pos_embed import get_2d_sincos_pos_embed, resample_abs_pos_embed
 from .models.vit import resize_beit_bias_table, resize_rel_pos
 
 logger = logging.getLogger("mae_transfer")
 
-__all__ = ["CheckpointError", "CheckpointMismatchError", "LoadReport", "MAE_DECODER_KEYS", "load_file",
-           "extract_state_dict", "to_mae_transfer_keys", "adapt_in_chans", "adapt_state_dict", "check_state_dict", "load_pretrained",
-           "save_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointMismatchError", "LoadReport", "MAE_DECODER_KEYS", "HF_VIT_MAE",
+           "load_file", "is_safetensors", "extract_state_dict", "to_mae_transfer_keys", "adapt_in_chans",
+           "adapt_state_dict", "check_state_dict", "check_hf_config", "hf_config_beside", "add_hf_sincos_tables",
+           "load_pretrained", "save_checkpoint", "save_safetensors"]
 
 # Parameters a downstream model may add on top of a pretrained encoder: they start from their init.
 NEW_DOWNSTREAM_KEYS = re.compile(
@@ -58,6 +69,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)       # left at their init (allowed new parts)
     unexpected: list[str] = field(default_factory=list)    # in the checkpoint, dropped (allowed)
     resized: list[str] = field(default_factory=list)       # interpolated to the model's shape
+    notes: list[str] = field(default_factory=list)         # other things done to fit, one sentence each
 
     def __str__(self):
         parts = [f"loaded {self.source} ({self.format} format)"]
@@ -68,7 +80,7 @@ class LoadReport:
         for name, keys in (("newly initialised", self.missing), ("dropped", dropped), ("resized", self.resized)):
             if keys:
                 parts.append(f"{name} ({len(keys)}): {_short_list(keys)}")
-        return "; ".join(parts)
+        return "; ".join(parts + self.notes)
 
 
 def _short_list(keys: Iterable[str], limit: int = 12) -> str:
@@ -79,14 +91,20 @@ def _short_list(keys: Iterable[str], limit: int = 12) -> str:
 
 # ---- reading -------------------------------------------------------------------------------------
 def load_file(path: str | os.PathLike, *, safe_globals: Iterable = (), map_location="cpu") -> dict:
-    """``torch.load(path, weights_only=True)`` with errors that name the file.
+    """``torch.load(path, weights_only=True)`` with errors that name the file; a safetensors file (see
+    :func:`is_safetensors`) is read with the ``safetensors`` package instead, as ``{"model": tensors,
+    "metadata": header strings}``.
 
+    Args: ``path`` the file; ``safe_globals`` classes allowed besides tensors and plain containers;
+    ``map_location`` as ``torch.load``'s (safetensors files go to it if it names a device, else the CPU).
     The MAE reference stores its argparse ``args`` in training checkpoints: that one plain class is
     allowed, and so are the classes of ``safe_globals`` (a framework's own plain state classes, e.g.
     mmengine's ``HistoryBuffer``); any other pickled object (code-execution payloads included) is refused."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if is_safetensors(path):
+        return _load_safetensors(path, map_location)
     try:
         with torch.serialization.safe_globals([argparse.Namespace, *safe_globals]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -111,6 +129,42 @@ def load_file(path: str | os.PathLike, *, safe_globals: Iterable = (), map_locat
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a dict of tensors")
     return obj
+
+
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is to be read as a safetensors file: its name ends in ``.safetensors``, or it starts
+    as one does (an 8-byte little-endian header length that fits the file, then the JSON header's ``{``).
+    Torch zips (``PK``) and pickles (``0x80``) never start that way."""
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
+
+
+def _load_safetensors(path: Path, map_location) -> dict:
+    """A safetensors file as ``{"model": tensors, "metadata": {str: str}}``; errors name the file.
+
+    The format holds tensors and string metadata only (no pickle), so nothing in it can run code."""
+    from safetensors import safe_open  # installed with timm
+
+    device = str(map_location) if isinstance(map_location, (str, torch.device)) else "cpu"
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: corrupt, truncated or not a safetensors "
+                              f"file ({type(e).__name__}{': ' + first if first else ''})") from None
+    if not tensors:
+        raise CheckpointError(f"checkpoint {str(path)!r} is a safetensors file holding no tensors")
+    return {"model": tensors, "metadata": dict(metadata)}
 
 
 def _pickled_code(path: Path) -> str | None:
@@ -233,6 +287,98 @@ def adapt_state_dict(sd: dict, model: nn.Module) -> tuple[dict, list[str]]:
     return out, resized
 
 
+# ---- Hugging Face ViT-MAE: config.json and the sin-cos tables ------------------------------------------
+def hf_config_beside(source: str) -> tuple[Path, dict] | None:
+    """The ``transformers`` config (``config.json`` with ``hidden_size``) in the folder of the file
+    ``source``, as a hub snapshot has it; None if there is none. A folder's other ``config.json`` (ours,
+    timm's) is not a transformers config and is ignored, and so, with a warning, is one that is not JSON."""
+    path = Path(source).parent / "config.json"
+    if not Path(source).is_file() or not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring %s beside %s: not readable JSON (%s)", path, source, e)
+        return None
+    if not isinstance(config, dict) or "hidden_size" not in config:
+        return None
+    return path, config
+
+
+def check_hf_config(config: Mapping, model: nn.Module, source: str):
+    """Check a ``transformers`` ViT-MAE ``config`` against ``model`` (a ViT or an MAE).
+
+    The head count is the one size the weights' shapes do not show: a 12-head checkpoint loads into a
+    16-head model of the same width without a shape error and computes other features; the config says
+    so before loading. Widths and depths are compared too, for a clearer message than the key report.
+    The patch size and image size are not: the loader resizes patch kernels and position tables and
+    reports it. Args: ``config`` the parsed ``config.json``; ``model`` the module the weights are for;
+    ``source`` the config's file, named in the error. Raises :class:`CheckpointMismatchError`."""
+    def block_sizes(blocks) -> dict:
+        b = blocks[0]
+        return {"num_attention_heads": b.attn.num_heads, "intermediate_size": b.mlp.fc1.out_features}
+
+    ours = {"hidden_size": getattr(model, "embed_dim", None), "num_hidden_layers": getattr(model, "depth", None),
+            "hidden_act": "gelu"}  # our Mlp uses the exact (erf) GELU, transformers' "gelu"
+    if len(getattr(model, "blocks", ())):
+        ours.update(block_sizes(model.blocks))
+    if len(getattr(model, "decoder_blocks", ())):
+        dec = {"decoder_hidden_size": model.decoder_embed.out_features,
+               "decoder_num_hidden_layers": len(model.decoder_blocks)}
+        dec.update({f"decoder_{k}": v for k, v in block_sizes(model.decoder_blocks).items()})
+        ours.update(dec)
+    wrong = [f"{k} {config[k]!r} (model: {v!r})" for k, v in ours.items()
+             if v is not None and k in config and config[k] != v]
+    if wrong:
+        raise CheckpointMismatchError(f"{source} describes another ViT than the {type(model).__name__} it is loaded "
+                                      f"into: {', '.join(wrong)}")
+
+
+def _fit_hf_vit_mae(sd: dict, model: nn.Module, source: str) -> list[str]:
+    """Complete a renamed ``transformers`` ViT-MAE state dict ``sd`` for ``model`` in place; returns notes
+    for the load report: ``config.json`` beside ``source`` is checked against the model
+    (:func:`check_hf_config`) and absent sin-cos tables are added (:func:`add_hf_sincos_tables`)."""
+    notes, config = [], None
+    found = hf_config_beside(source)
+    if found is not None:
+        config = found[1]
+        check_hf_config(config, model, str(found[0]))
+        notes.append(f"sizes checked against {found[0]}")
+    tables = [k for k in ("pos_embed", "decoder_pos_embed") if k in model.state_dict()]
+    return notes + add_hf_sincos_tables(sd, config, tables)
+
+
+def add_hf_sincos_tables(sd: dict, config: Mapping | None,
+                         tables: Iterable[str] = ("pos_embed", "decoder_pos_embed")) -> list[str]:
+    """Add the fixed sin-cos position tables of ``tables`` a ``transformers`` ViT-MAE state dict ``sd`` (in
+    our names) lacks; returns one note for each table added. ``config``: the ``config.json`` beside, or None.
+
+    ``pos_embed`` and ``decoder_pos_embed`` are frozen parameters in some ``transformers`` versions and
+    non-persistent buffers, absent from the file, in others. An absent one is set to what the HF model
+    computes for itself: the MAE 2-D sin-cos table with a zero cls row, ``(1, 1 + h*w, width)``, for the
+    grid of ``config`` (``image_size // patch_size``; without a config transformers' default 224 px, that
+    of every ``facebook/vit-mae-*`` snapshot, over the kernel's patch size). The loader then resamples it
+    to the model's grid exactly as a stored table, so both kinds of file give the same model."""
+    widths = {"pos_embed": "patch_embed.proj.weight", "decoder_pos_embed": "decoder_embed.weight"}
+    missing = [k for k in tables if k not in sd and widths[k] in sd]
+    if not missing:
+        return []
+    config = config or {}
+    image = config.get("image_size", 224)
+    patch = config.get("patch_size", sd["patch_embed.proj.weight"].shape[-1] if "patch_embed.proj.weight" in sd
+                       else 16)
+    image = (image, image) if isinstance(image, int) else tuple(image)
+    patch = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    grid = (int(image[0]) // int(patch[0]), int(image[1]) // int(patch[1]))
+    whence = "config.json's image_size / patch_size" if "image_size" in config else "transformers' default 224 px"
+    notes = []
+    for key in missing:
+        sd[key] = get_2d_sincos_pos_embed(sd[widths[key]].shape[0], grid, cls_token=True).unsqueeze(0)
+        notes.append(f"{key} not in the checkpoint (a non-persistent buffer in some transformers versions): set to "
+                     f"the fixed 2-D sin-cos table it holds, for the {grid[0]}x{grid[1]} grid of {whence}")
+    return notes
+
+
 # ---- loading into a model ------------------------------------------------------------------------------
 def check_state_dict(sd: Mapping[str, torch.Tensor], model: nn.Module, *, source: str = "state dict",
                      fmt: str | None = None, allow_missing: re.Pattern | None = None,
@@ -292,6 +438,7 @@ def load_pretrained(model: nn.Module, src: str | os.PathLike | dict, *,
     sd, fmt = to_mae_transfer_keys(extract_state_dict(raw, source))
     target = model.state_dict()
     allow = re.compile(allow_missing) if isinstance(allow_missing, str) else allow_missing
+    notes = _fit_hf_vit_mae(sd, model, source) if fmt == HF_VIT_MAE else []
 
     dropped = []
     for k in list(sd):
@@ -308,7 +455,7 @@ def load_pretrained(model: nn.Module, src: str | os.PathLike | dict, *,
     sd, resized = adapt_state_dict(sd, model)
     missing = check_state_dict(sd, model, source=source, fmt=fmt, allow_missing=allow, context=context)
     model.load_state_dict(sd, strict=False)
-    report = LoadReport(source, fmt, missing, dropped, resized)
+    report = LoadReport(source, fmt, missing, dropped, resized, notes)
     if log:
         logger.info(str(report))
     return report
@@ -319,3 +466,23 @@ def save_checkpoint(obj: dict, path: str | os.PathLike):
     """``torch.save(obj)`` through :func:`mae_transfer.common.atomic_write`: a crash at any moment
     leaves either the old file or the new one, never a torn one."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_safetensors(sd: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: Mapping[str, str] | None = None):
+    """Write the state dict ``sd`` as a safetensors file through :func:`mae_transfer.common.atomic_write`
+    (temp file, then rename). ``metadata`` goes into the header as strings (e.g. the source checkpoint).
+
+    The format stores each tensor's bytes once, so tensors sharing storage (tied or views) are copied
+    apart first; all are made contiguous and moved to the CPU."""
+    from safetensors.torch import save  # installed with timm
+
+    out, seen = {}, set()
+    for k, v in sd.items():
+        v = v.detach().cpu()
+        ptr = v.untyped_storage().data_ptr()
+        v = v.clone() if ptr in seen and v.numel() else v.contiguous()
+        seen.add(ptr)
+        out[k] = v
+    metadata = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write(path, lambda f: f.write(save(out, metadata=metadata)))

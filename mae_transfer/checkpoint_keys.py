@@ -1,6 +1,12 @@
 """The format table: every foreign ViT key layout the loader reads, renamed to ours (pure renames).
 
 Formats, tried in this order (:func:`to_mae_transfer_keys` names the one it found):
+- ``hf-vit-mae``: Hugging Face ``transformers``' ViT-MAE (the ``facebook/vit-mae-*`` hub weights):
+  ``ViTMAEForPreTraining`` (encoder under ``vit.``, decoder under ``decoder.``) or ``ViTMAEModel`` (the
+  encoder alone, no prefix). A block is ``encoder.layer.{i}`` with ``layernorm_before``, separate
+  ``attention.attention.query/key/value`` (fused here into ``attn.qkv`` in that order, as timm and the MAE
+  reference compute it), ``attention.output.dense``, ``layernorm_after``, ``intermediate.dense`` (fc1) and
+  ``output.dense`` (fc2); the decoder's ``decoder_layers.{i}`` use the same names;
 - ``mmseg-vit``: MMSegmentation's ``MAE`` / ``BEiT`` backbones and MMPretrain's ``VisionTransformer`` /
   ``MAE``: a block is ``layers.{i}`` with ``ln1``, ``attn.qkv``, ``attn.proj``, ``ln2``, ``ffn.layers.0.0``
   (fc1), ``ffn.layers.1`` (fc2) and layer scale ``gamma_1``/``gamma_2`` (mmpretrain: ``attn.gamma1.weight``
@@ -17,7 +23,10 @@ import re
 
 import torch
 
-__all__ = ["MAE_DECODER_KEYS", "to_mae_transfer_keys", "to_mmseg_keys"]
+__all__ = ["MAE_DECODER_KEYS", "HF_VIT_MAE", "to_mae_transfer_keys", "to_mmseg_keys"]
+
+# The format name of Hugging Face ViT-MAE state dicts (see the module docstring).
+HF_VIT_MAE = "hf-vit-mae"
 
 # Tensors that exist only in the MAE pretraining model (decoder, mask tokens, the PCA target's basis);
 # a downstream encoder drops them.
@@ -78,6 +87,65 @@ def _from_mmseg(sd: dict) -> dict | None:
     return out
 
 
+_HF_SIGNATURE = re.compile(r"(^|\.)(encoder\.layer\.\d+\.attention\.attention\.(query|key|value)\.|"
+                           r"embeddings\.patch_embeddings\.projection\.)")
+_HF_LAYER = re.compile(r"^(encoder\.layer|decoder_layers)\.(\d+)\.(.+)$")
+_HF_QKV = re.compile(r"^attention\.attention\.(query|key|value)\.(weight|bias)$")
+_HF_BLOCK_RENAMES = (
+    ("layernorm_before.", "norm1."), ("layernorm_after.", "norm2."),
+    ("attention.output.dense.", "attn.proj."), ("intermediate.dense.", "mlp.fc1."), ("output.dense.", "mlp.fc2."),
+)
+_HF_TOP_RENAMES = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+                   "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+                   "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+                   "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+
+
+def _from_hf_vit_mae(sd: dict) -> dict | None:
+    """``state_dict`` of ``transformers``' ``ViTMAEForPreTraining`` / ``ViTMAEModel`` -> our names;
+    ``None`` if ``sd`` is not in that layout.
+
+    The separate query / key / value projections, each ``(D, D)`` weight and ``(D,)`` bias, become one
+    ``attn.qkv`` of ``(3D, D)`` and ``(3D,)``, rows in q, k, v order. A block lacking one of the three
+    keeps its pieces under their own names, so the loader reports them (unexpected) and ``qkv`` (missing).
+    Keys of other heads (``classifier.``, ``pooler.``) keep their names and are reported the same way."""
+    if not any(_HF_SIGNATURE.search(k) for k in sd):
+        return None
+    prefix = "vit." if any(k.startswith(("vit.embeddings.", "vit.encoder.")) for k in sd) else ""
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}  # (blocks, i, weight|bias) -> {query: ...}
+    for k, v in sd.items():
+        if prefix and k.startswith(prefix):
+            k, blocks = k[len(prefix):], "blocks"
+        elif k.startswith("decoder."):  # ViTMAEForPreTraining's decoder: our names but for its layers
+            k, blocks = k[len("decoder."):], "decoder_blocks"
+        elif not prefix:
+            blocks = "blocks"
+        else:
+            out[k] = v
+            continue
+        m = _HF_LAYER.match(k)
+        if m is None:
+            out[_HF_TOP_RENAMES.get(k, k) if blocks == "blocks" else k] = v
+            continue
+        _, i, rest = m.groups()
+        q = _HF_QKV.match(rest)
+        if q:
+            qkv.setdefault((blocks, i, q.group(2)), {})[q.group(1)] = v
+            continue
+        for old, new in _HF_BLOCK_RENAMES:
+            if rest.startswith(old):
+                rest = new + rest[len(old):]
+                break
+        out[f"{blocks}.{i}.{rest}"] = v
+    for (blocks, i, kind), parts in qkv.items():
+        if set(parts) == {"query", "key", "value"}:
+            out[f"{blocks}.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+        else:
+            out.update({f"{blocks}.{i}.attn.{name}.{kind}": t for name, t in parts.items()})
+    return out
+
+
 def _inverse_block_renames() -> tuple:
     # the mmseg (not mmpretrain) spelling of each of our block names; the first rename wins
     seen, out = set(), []
@@ -117,6 +185,9 @@ def to_mae_transfer_keys(sd: dict) -> tuple[dict, str]:
     """Rename a state dict of any known format to our names. Returns ``(state_dict, format_name)``."""
     if all(k.startswith("module.") for k in sd):  # DDP-wrapped
         sd = _strip_prefix(sd, "module.")
+    out = _from_hf_vit_mae(sd)
+    if out is not None:
+        return out, HF_VIT_MAE
     out = _from_mmseg(sd)
     if out is not None:
         return out, "mmseg-vit"

@@ -32,7 +32,7 @@ FIELDS: dict[str, tuple[Any, type, str]] = {
     "decoder_embed_dim": (None, int, "MAE decoder width (None: the preset's)"),
     "decoder_depth": (None, int, "MAE decoder blocks (None: the preset's)"),
     "decoder_num_heads": (None, int, "MAE decoder heads (None: the preset's)"),
-    "weights": (None, str, "linprobe/finetune/partial: checkpoint to start from (ours, official MAE, timm/DeiT), or 'none'"),
+    "weights": (None, str, "linprobe/finetune/partial: checkpoint to start from (ours, official MAE, timm/DeiT, HF; .pth/.safetensors), or 'none'"),
     "seed": (0, int, "seed of everything: init, data order, augmentation, masks"),
     "device": ("auto", str, "auto | cpu | cuda"),
     "precision": ("auto", str, "auto | fp32 | bf16 | fp16 (auto: the fastest, timed on the first batch and cached per machine, see mae_transfer/precision.py)"),

@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                         "them; PNG / TIFF / JPEG, 8 or 16 bit, grey, RGB, RGBA, N-channel TIFF stacks) "
                         "(default: built-in Fashion-MNIST)")
     p.add_argument("--weights", action="append", metavar="CKPT",
-                   help="linprobe/finetune/partial: checkpoint (ours, official MAE, timm/DeiT) or 'none'; "
+                   help="linprobe/finetune/partial: checkpoint (ours, official MAE, timm/DeiT, Hugging Face; "
+                        ".pth or .safetensors) or 'none'; "
                         "sweep blocks=...: NAME=CKPT, repeated for each checkpoint")
     p.add_argument("--blocks", type=int, help="partial: fine-tune the last K blocks")
     p.add_argument("--resume", help="auto (default: latest checkpoint in --out) | none | checkpoint path")

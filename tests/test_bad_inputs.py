@@ -488,3 +488,68 @@ def test_pretrain_full_disk_is_one_line_and_keeps_what_was_written(tmp_path, cap
     rc, err = _pretrain(capsys, "--out", str(tmp_path / "run2"), *PRE_TINY)
     assert_clean_error(rc, err, "no space left", "intact", "--resume")
     assert digest(periodic) == before and not list((tmp_path / "run2").glob(".*.tmp"))
+
+
+# ---- hub weights (.safetensors) by --weights in every tool -------------------------------------------------
+# each tool's ViT in the tiny runs above: pretrain's vit_micro_patch4, DET_TINY's, the seg config's vit_mini_patch4
+TOOL_VITS = {"pretrain": dict(embed_dim=64, depth=4, num_heads=4), "det": dict(embed_dim=32, depth=2, num_heads=2),
+             "seg": dict(embed_dim=128, depth=6, num_heads=4)}
+
+
+def _with_weights(tool, capsys, weights, out, scenes, det_scenes):
+    """``tool`` run by flags with ``--weights weights`` into ``out``: (exit status, its messages)."""
+    if tool == "pretrain":
+        return _pretrain(capsys, "--mode", "linprobe", "--weights", str(weights), "--out", str(out), *PRE_TINY)
+    if tool == "det":
+        return _det(capsys, det_scenes, out, "--weights", str(weights), overrides=["train.max_iter=1"])
+    if tool == "seg":
+        return _seg(capsys, scenes, out, "--weights", str(weights))  # the later --weights wins
+    try:  # convert, in-process
+        _tool("convert").main([str(weights), str(out / "out.pth")])
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def _hf_snapshot_for(tool, folder, **config_changes):
+    from hf_layout import hf_snapshot  # tests/hf_layout.py
+
+    from mae_transfer.models.vit import VisionTransformer
+    return hf_snapshot(folder, VisionTransformer(img_size=32, patch_size=4, **TOOL_VITS[tool]), **config_changes)
+
+
+# (seg reads --weights through the same loader; its case is the config check below, one Runner start)
+@pytest.mark.parametrize("tool", ["pretrain", "det", "convert"])
+def test_truncated_safetensors_weights_are_one_line(tool, scenes, det_scenes, tmp_path, capsys):
+    weights = _hf_snapshot_for("det", tmp_path / "hub")
+    weights.write_bytes(weights.read_bytes()[:1000])
+    out = tmp_path / "out"
+    out.mkdir()
+    rc, err = _with_weights(tool, capsys, weights, out, scenes, det_scenes)
+    assert_clean_error(rc, err, weights, "truncated or not a safetensors file")
+    assert not (out / "metrics.json").exists() and not (out / "out.pth").exists()
+
+
+@pytest.mark.parametrize("tool", ["pretrain", "det", "seg"])
+def test_hf_snapshot_weights_reach_the_config_check_in_every_tool(tool, scenes, det_scenes, tmp_path, capsys):
+    """A transformers snapshot whose config.json gives another head count than the tool's ViT: the
+    weights' shapes fit, so only the loader's Hugging Face path (config.json beside the file) can say so."""
+    heads = TOOL_VITS[tool]["num_heads"]
+    weights = _hf_snapshot_for(tool, tmp_path / "hub", num_attention_heads=2 * heads)
+    rc, err = _with_weights(tool, capsys, weights, tmp_path / "out", scenes, det_scenes)
+    assert_clean_error(rc, err, tmp_path / "hub" / "config.json", f"num_attention_heads {2 * heads} (model: {heads})")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["pretrain", "det", "seg"])
+def test_hf_snapshot_weights_train_in_every_tool(tool, scenes, det_scenes, tmp_path, capsys):
+    """The same snapshot with its true config.json: each tool loads it by --weights alone and trains."""
+    weights = _hf_snapshot_for(tool, tmp_path / "hub")
+    out = tmp_path / "out"
+    rc, err = _with_weights(tool, capsys, weights, out, scenes, det_scenes)
+    assert rc in (0, None), err
+    assert str(weights) in (out / "metrics.json").read_text()
+    logs = err + "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.suffix in (".txt", ".log"))
+    assert f"loaded {weights} (hf-vit-mae format)" in logs and "sizes checked against" in logs, logs[-3000:]

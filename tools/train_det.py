@@ -11,8 +11,9 @@
         --val-json val.json --val-images val/ train.max_iter=20000 dataloader.train.total_batch_size=16
 
 ``--config`` is a path or a bare name in configs/detection. ``--weights`` takes any checkpoint
-mae_transfer reads (ours incl. MAE pretraining checkpoints, the official MAE release, timm/DeiT) for the
-backbone, a whole detector checkpoint of ours (e.g. DIR/model_final.pth) for the detector, or ``none``.
+mae_transfer reads (ours incl. MAE pretraining checkpoints, the official MAE release, timm/DeiT, Hugging
+Face ViT-MAE; ``.pth`` or ``.safetensors``, see README "Weight formats accepted") for the backbone, a
+whole detector checkpoint of ours (e.g. DIR/model_final.pth) for the detector, or ``none``.
 Trailing ``key=value`` pairs override the LazyConfig (and win over what ``--img-size`` derives; see
 detection/img_size.py for the rule); ``train.precision=fp32|bf16|fp16|auto`` sets the
 training precision (bf16 works on CPUs too; auto times fp32 and bf16 on the first batch; unset, the

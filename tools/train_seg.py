@@ -8,7 +8,8 @@
         --weights mae_pretrain_vit_base.pth --data-root data/ade/ADEChallengeData2016 --launcher pytorch
 
 ``--config`` is a path or a bare name in configs/segmentation. ``--weights`` is a checkpoint in any format
-mae_transfer.checkpoint reads, or ``none`` for random init (default: the config's, i.e. random init).
+mae_transfer.checkpoint reads (``.pth`` or ``.safetensors``; README "Weight formats accepted"), or ``none``
+for random init (default: the config's, i.e. random init).
 Checks the data before training (missing files, label maps that do not fit; ``--skip-bad-data`` leaves bad
 pairs out and logs how many), trains with IoUMetric validation, keeps checkpoints and logs in the work
 dir, and writes WORK_DIR/metrics.json (mIoU, aAcc, mAcc in percent, per-class IoU, wall times, weights),
