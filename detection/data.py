@@ -136,7 +136,7 @@ def _image_problem(path: Path) -> tuple[str | None, tuple[int, int] | None]:
     bits per channel, which detectron2's ``read_image`` would clip to white)."""
     from PIL import Image
 
-    from mae_transfer.data.datasets import HIGH_BIT_DEPTH_MODES
+    from mae_transfer.data.images import HIGH_BIT_DEPTH_MODES
 
     try:
         with Image.open(path) as im:

@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 
 from .checkpoint import CheckpointError, extract_state_dict
 from .common import ConfigError
-from .data.datasets import IMG_EXTENSIONS, to_rgb
+from .data.datasets import IMG_EXTENSIONS
+from .data.images import to_rgb
 
 __all__ = ["ImageError", "InputImage", "checkpoint_kind", "find_images", "read_image", "batches",
            "check_out_dir", "output_names", "palette", "blend", "save_png", "OUTPUT_NAMES"]
@@ -105,7 +106,7 @@ def output_names(paths: list[Path]) -> list[str]:
 def read_image(path: Path, name: str) -> InputImage:
     """Read ``path`` as 8-bit RGB, as the models were trained: grey and palette images are repeated over
     the three channels, alpha is dropped, 16-bit grey is scaled from its full range
-    (:func:`~mae_transfer.data.datasets.to_rgb`); EXIF orientation is applied (as detectron2 reads).
+    (:func:`~mae_transfer.data.images.to_rgb`); EXIF orientation is applied (as detectron2 reads).
     Raises :class:`ImageError` naming the file."""
     try:
         with Image.open(path) as im:

@@ -111,3 +111,33 @@ def test_demo_config_trains_and_evaluates(tmp_path):
         assert abs(100 * max(ev.stats[0], 0.0) - m[key]) < 1e-3, (iou_type, ev.stats[0], m[key])
     params = json.loads((tmp_path / "scenes" / "scenes.json").read_text())
     assert params["image_size"] == 48 and params["num_items"] == [1, 3] and params["item_size"] == [18, 36]
+
+
+def test_own_three_category_coco_set_trains_by_flags_and_names_its_classes(trained):
+    """A user's COCO set by flags alone (issue 11): three categories with their own ids and names, no config
+    file written; the classifier is sized from the json and the per-category APs carry the json's names."""
+    tmp, _, _ = trained
+    scenes = tmp / "scenes"
+    splits = {s: json.loads((scenes / "coco" / f"instances_{s}.json").read_text()) for s in ("training", "validation")}
+    counts = {}
+    for d in splits.values():
+        for a in d["annotations"]:
+            counts[a["category_id"]] = counts.get(a["category_id"], 0) + 1
+    # the three categories found most often in both splits, renumbered 11, 12, 13 under new names
+    keep = sorted(c for c in counts if all(any(a["category_id"] == c for a in d["annotations"]) for d in splits.values()))
+    keep = sorted(keep, key=lambda c: -counts[c])[:3]
+    names = {c: f"thing{i}" for i, c in enumerate(keep)}
+    for split, d in splits.items():
+        d["categories"] = [{"id": 11 + i, "name": names[c]} for i, c in enumerate(keep)]
+        d["annotations"] = [dict(a, category_id=11 + keep.index(a["category_id"])) for a in d["annotations"]
+                            if a["category_id"] in names]
+        (tmp / f"own_{split}.json").write_text(json.dumps(d))
+    out = tmp / "own"
+    _tool().cli(["--config", "vitdet_scenes_mini", "--weights", "none", "--output-dir", str(out), "--vis", "0", *TINY,
+                 "--train-json", str(tmp / "own_training.json"), "--train-images", str(scenes / "images" / "training"),
+                 "--val-json", str(tmp / "own_validation.json"), "--val-images", str(scenes / "images" / "validation"),
+                 "train.max_iter=3", "train.eval_period=0"])
+    m = json.loads((out / "metrics.json").read_text())
+    per_class = sorted(k for k in m if k.startswith("bbox/AP-"))
+    assert per_class == sorted(f"bbox/AP-{n}" for n in names.values()), per_class
+    assert "num_classes: 3" in (out / "config.yaml").read_text()

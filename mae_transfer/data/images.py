@@ -32,8 +32,12 @@ from .fashion_mnist import DataError
 
 logger = logging.getLogger("mae_transfer")
 
-__all__ = ["Planes", "read_image", "probe_channels", "channels_of", "match_channels", "image_array"]
+__all__ = ["Planes", "read_image", "probe_channels", "channels_of", "match_channels", "image_array",
+           "HIGH_BIT_DEPTH_MODES", "to_rgb"]
 
+# PIL modes of images with more than 8 bits per channel: readers that work in 8 bits (detectron2's
+# ``read_image``) would clip them, so the detection data check names such files up front.
+HIGH_BIT_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 _TO_RGB = ("P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX")
 _WITH_ALPHA = {"RGBA": "RGB", "RGBa": "RGB", "LA": "L", "La": "L", "PA": "RGB"}
 _warned_8bit_colour = False
@@ -246,3 +250,18 @@ def match_channels(img: Image.Image | Planes, channels: int, path: str = "image"
         return img.convert("L") if not isinstance(img, Planes) else Planes(np.tensordot(_LUMA, img.array, 1)[None])
     raise DataError(f"image {path} has {have} channels, the dataset {channels} (only grey <-> RGB is converted; "
                     f"set in_chans to the data's channels, or alpha=drop|keep for images with transparency)")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB, for models trained on 8-bit RGB (``tools/predict.py``): 16-bit (and 32-bit int /
+    float) grey images are scaled from their full range (0..65535 for 16-bit and ``I``, 0..1 or the image's
+    maximum for float) instead of clipped; everything else goes through PIL's own conversion."""
+    if im.mode not in HIGH_BIT_DEPTH_MODES:
+        return im.convert("RGB")
+    arr = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        top = 1.0 if arr.size and arr.max() <= 1.0 else max(float(arr.max(initial=0)), 1.0)
+    else:
+        top = 65535.0 if arr.size == 0 or arr.max() <= 65535 else float(arr.max())
+    grey = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
