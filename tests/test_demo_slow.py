@@ -1,4 +1,4 @@
-"""`make demo` end to end (slow: ~20 minutes on 2 cores): tools/compare.py with its defaults pretrains MAE
+"""`make demo` end to end (slow: ~25 minutes on 2 cores): tools/compare.py with its defaults pretrains MAE
 and the supervised baseline, runs all four transfers with the real tools, and the result reads the way
 the paper's does. Run with MAE_RUN_SLOW=1."""
 
@@ -39,6 +39,9 @@ def test_demo_preset_reads_like_the_paper(tmp_path):
     # fine-tuning above linear probing, as in the paper (ViT-B: 83.6 vs 68.0), and above scratch
     assert mean[("mae", "top1@finetune")] >= mean[("mae", "top1@linprobe")] + 5, mean
     assert mean[("mae", "top1@finetune")] > mean[("scratch", "top1@finetune")], mean
+    # a detector that detects: MAE init reaches COCO AP box >= 10 and AP mask >= 8 on the validation scenes
+    # (segmentation's mIoU >= 30 is out of this budget's reach, docs/experiments.md; MAE > scratch above)
+    assert mean[("mae", "bbox/AP@det")] >= 10 and mean[("mae", "segm/AP@det")] >= 8, mean
     # the supervised baseline has learned its own task, and the table says so
     own = json.loads((out / "pretrain" / "supervised" / "metrics.json").read_text())["top1"]
     assert own >= 60, own

@@ -33,9 +33,7 @@ def test_demo_config_at_64_sets_every_dependent_key():
     lines = set_img_size(cfg, 64)
     net, augs = cfg.model.backbone.net, cfg.dataloader.train.mapper.augmentations
     assert net.img_size == 64 and cfg.model.backbone.square_pad == 64
-    assert (augs[1].target_height, augs[1].target_width) == (64, 64)
-    assert (augs[1].min_scale, augs[1].max_scale) == (0.8, 1.25)  # the jitter range is not a size
-    assert list(augs[2].crop_size) == [64, 64]
+    assert (augs[0].short_edge_length, augs[0].max_size) == (64, 64)  # train at the size it tests at
     test_aug = cfg.dataloader.test.mapper.augmentations[0]
     assert (test_aug.short_edge_length, test_aug.max_size) == (64, 64)
     assert OmegaConf.to_container(cfg.model.proposal_generator.anchor_generator.sizes) == [[21.33], [32], [48]]
@@ -45,7 +43,7 @@ def test_demo_config_at_64_sets_every_dependent_key():
     assert list(cfg.model.proposal_generator.anchor_generator.strides) == [4, 8, 16]
     printed = "\n".join(lines)
     for key in ("model.backbone.net.img_size = 64", "model.backbone.square_pad = 64",
-                "augmentations.1.target_height = 64 (ResizeScale)", "augmentations.2.crop_size = [64, 64]",
+                "train.mapper.augmentations.0.short_edge_length = 64 (ResizeShortestEdge)",
                 "dataloader.test.mapper.augmentations.0.max_size = 64",
                 "anchor_generator.sizes = [[21.33], [32], [48]]",
                 "box_pooler.canonical_box_size = 64", "16x16 token grid, zero-padded to 18x18"):

@@ -40,8 +40,7 @@ def test_demo_config_at_64_sets_every_dependent_key(tmp_path, caplog):
     assert cfg.crop_size == (64, 64) and cfg.model.data_preprocessor.size == (64, 64)
     assert cfg.model.backbone.img_size == 64
     train = _pipe(cfg, "train_dataloader")
-    assert train["RandomResize"].scale == (64, 64) and train["RandomResize"].ratio_range == (0.75, 1.5)
-    assert train["RandomCrop"].crop_size == (64, 64)
+    assert train["Resize"].scale == (64, 64) and train["Resize"].keep_ratio
     for loader in ("val_dataloader", "test_dataloader"):
         # the demo tested its 48 px scenes at their own size, its training scale: now resized to 64 first
         pipe = cfg[loader].dataset.pipeline
@@ -52,8 +51,7 @@ def test_demo_config_at_64_sets_every_dependent_key(tmp_path, caplog):
     printed = caplog.text
     for line in ("--img-size 64 (the config is made for 48", "crop_size = (64, 64)",
                  "model.data_preprocessor.size = (64, 64)",
-                 "model.backbone.img_size = 64", "train_dataloader.dataset.pipeline: RandomResize scale=(64, 64), "
-                 "RandomCrop crop_size=(64, 64)", "val_dataloader.dataset.pipeline: Resize scale=(64, 64) (added",
+                 "model.backbone.img_size = 64", "train_dataloader.dataset.pipeline: Resize scale=(64, 64)", "val_dataloader.dataset.pipeline: Resize scale=(64, 64) (added",
                  "pyramid strides 2, 4, 8, 16 on the 16x16 token grid"):
         assert line in printed, (line, printed)
     # the model built from it: position embeddings and relative-position bias for the 16x16 grid

@@ -49,7 +49,10 @@ model.roi_heads.box_predictor.test_score_thresh = 0.01
 # Scenes hold 1-3 items: 20 detections per image leave AP unchanged and cut the mask head's test-time work
 # (with 50, evaluating the 300 validation scenes took 27 s of a 92 s cell).
 model.roi_heads.box_predictor.test_topk_per_image = 20
-dataloader.train.mapper.augmentations = [L(T.RandomFlip)(horizontal=True)]
+# The resize leaves the 48 px scenes as they are; it is there so that --img-size N (which scales it) trains
+# on N px inputs as it tests on them.
+dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=size, max_size=size),
+                                         L(T.RandomFlip)(horizontal=True)]
 dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=size, max_size=size)]
 dataloader.test.batch_size = 16  # detectron2's default of 1 image per forward made evaluation a third of the cell
 dataloader.train.total_batch_size = 4

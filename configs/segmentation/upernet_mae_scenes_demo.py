@@ -20,6 +20,8 @@ train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=False),
     dict(type='CheckSegLabels', num_classes={{_base_.num_classes}}),
+    # leaves the 48 px scenes as they are; there so that --img-size N (which scales it) trains at N px
+    dict(type='Resize', scale=(48, 48), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]
