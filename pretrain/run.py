@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="auto (default: latest checkpoint in --out) | none | checkpoint path")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--jobs", type=int, default=1,
+                   help="sweep: variants pretrained at once on the CPU, each in its own process with cores / jobs "
+                        "threads (default 1)")
     p.add_argument("--help-config", action="store_true", help="list every config field and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     return p
@@ -171,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
             flags["out"] = all_gather_objects(f"output/pretrain/{mode}-{time.strftime('%Y%m%d-%H%M%S')}")[0]
         _setup_logging(None, env.is_main)
         if mode == "sweep":
-            return sweep.run(file_cfg, flags, [i for i in args.overrides if i != "mode=sweep"], weights, env)
+            return sweep.run(file_cfg, flags, [i for i in args.overrides if i != "mode=sweep"], weights, env,
+                             args.jobs)
+        if args.jobs != 1:
+            raise ConfigError(f"--jobs {args.jobs}: only --mode sweep runs several things at once")
         run_mode(resolve(file_cfg, mode, flags, overrides), env)
     except (ConfigError, DataError, CheckpointError, TrainingDiverged) as e:
         msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())

@@ -89,8 +89,14 @@ def parse_weights(items: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def run(file_cfg: dict, flags: dict, items: list[str], weights: list[str], env) -> int:
-    """Entry point of ``--mode sweep``; returns the exit code (1 if a variant failed)."""
+def run(file_cfg: dict, flags: dict, items: list[str], weights: list[str], env, jobs: int = 1) -> int:
+    """Entry point of ``--mode sweep``; returns the exit code (1 if a variant failed). ``jobs`` > 1 runs
+    that many pretraining variants at once, each in its own process (CPU, one process only)."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: give 1 or more")
+    if jobs > 1 and (env.distributed or env.device.type != "cpu"):
+        raise ConfigError(f"--jobs {jobs} runs variants side by side on the CPU cores; under torchrun or on a GPU "
+                          "a sweep runs one variant at a time (drop --jobs)")
     axes, rest, table1 = split_args(items)
     overrides = parse_overrides(rest)
     out = Path(resolve(file_cfg, "sweep", flags, overrides)["out"])
@@ -110,7 +116,7 @@ def run(file_cfg: dict, flags: dict, items: list[str], weights: list[str], env) 
         axes = [grid(axes)]
     elif not axes:  # Figure 5, the older spelling
         axes = [Axis("mask_ratio", [{"mask_ratio": r} for r in resolve(file_cfg, "sweep", flags, overrides)["ratios"]])]
-    return run_pretraining(file_cfg, flags, overrides, env, axes, out)
+    return run_pretraining(file_cfg, flags, overrides, env, axes, out, jobs)
 
 
 def grid(axes: list[Axis]) -> Axis:
@@ -225,15 +231,56 @@ def run_variant(v: Variant, env) -> dict:
     return row
 
 
-def run_pretraining(file_cfg, flags, overrides, env, axes: list[Axis], out: Path) -> int:
+def _variant_in_worker(v: Variant, env, threads: int, log: str) -> dict:
+    """``run_variant`` in a worker process of ``--jobs``: ``threads`` intra-op threads, and its log and
+    progress bars in ``log`` rather than interleaved with the other workers' on the terminal."""
+    import torch
+
+    torch.set_num_threads(threads)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout = sys.stderr = open(log, "a", buffering=1)  # noqa: SIM115 - the worker's whole life
+    return run_variant(v, env)
+
+
+def _run_variants(variants: dict, env, jobs: int, out: Path, done) -> None:
+    """Run every variant, ``jobs`` at a time, calling ``done(name, row)`` as each ends."""
+    if jobs == 1:
+        for name, v in variants.items():
+            done(name, run_variant(v, env))
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    logger.info("running %d variants at once, %d thread(s) each; logs in %s/<variant>/sweep-log.txt",
+                jobs, threads, out)
+    # spawn: a forked worker would inherit the parent's OpenMP pool and its thread count
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_variant_in_worker, v, env, threads, str(out / name / "sweep-log.txt")): name
+                   for name, v in variants.items()}
+        for f in as_completed(futures):
+            name = futures[f]
+            try:
+                row = f.result()
+            except Exception as e:  # noqa: BLE001 - a worker killed (out of memory, say) fails its variant only
+                row = {"variant": name, "status": "failed", "error": f"worker process died: {type(e).__name__}: {e}"}
+            done(name, row)
+
+
+def run_pretraining(file_cfg, flags, overrides, env, axes: list[Axis], out: Path, jobs: int = 1) -> int:
     """Run every distinct variant of ``axes`` (reusing finished ones) and write the tables and plot."""
     variants, names, base = plan(file_cfg, flags, overrides, axes, out)
     logger.info("sweep: %d variants (%s) in %s", len(variants), ", ".join(variants), out)
     t0, results = time.time(), {}
-    for name, v in variants.items():
-        results[name] = run_variant(v, env)
+
+    def done(name: str, row: dict):
+        results[name] = row
+        top1 = ", ".join(f"{s} {row[f'{m}_top1']:.1f}" for m, s in METRICS if row.get(f"{m}_top1") is not None)
+        logger.info("variant %s: %s (%d of %d done)", name, top1 or row["status"], len(results), len(variants))
         if env.is_main:  # after every variant, so an interrupted sweep is still readable
             write_csv(out / "sweep.csv", table_rows(axes, names, variants, results))
+
+    _run_variants(variants, env, min(jobs, len(variants)), out, done)
     rows = table_rows(axes, names, variants, results)
     if env.is_main:
         write_pretraining_outputs(out, axes, rows, base, time.time() - t0)

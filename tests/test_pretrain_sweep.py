@@ -136,3 +136,27 @@ def test_a_step_with_another_config_starts_over_then_is_reused(tmp_path):
     second = run_step(changed, env)
     assert second["mask_ratio"] == 0.5 and json.loads((tmp_path / "config.json").read_text())["resume"] == "none"
     assert run_step(changed, env)["wall_s"] == second["wall_s"]  # the restart's resume=none is no change
+
+
+def test_jobs_runs_variants_in_worker_processes_and_reports_a_failed_one(tmp_path, capsys):
+    out = tmp_path / "jobs"
+    assert main(["--mode", "sweep", "--jobs", "2", "--out", str(out), "blr=1e-3,1e30", *TINY]) == 1
+    rows = {r["blr"]: r for r in csv.DictReader(open(out / "sweep.csv"))}
+    assert rows["0.001"]["status"] == "ok" and rows["1e+30"]["status"] == "failed"
+    assert "TrainingDiverged" in rows["1e+30"]["error"] and "blr-1e+30" in (out / "failed.txt").read_text()
+    ok = rows["0.001"]["variant"]
+    assert float(rows["0.001"]["linprobe_top1"]) == json.loads((out / ok / "linprobe" / "metrics.json").read_text())["top1"]
+    # each worker's log is its own file, not interleaved on the terminal
+    assert "done:" in (out / ok / "sweep-log.txt").read_text()
+    assert "TrainingDiverged" in (out / "blr-1e+30" / "sweep-log.txt").read_text()
+    printed = capsys.readouterr().out
+    assert "2 variants at once" in printed and f"variant {ok}: ft " in printed
+    before = {p: t for p, t in _mtimes(out).items() if ok in str(p)}
+    assert len(before) == 3
+    assert main(["--mode", "sweep", "--jobs", "2", "--out", str(out), "blr=1e-3,1e30", *TINY]) == 1
+    assert {p: t for p, t in _mtimes(out).items() if ok in str(p)} == before  # reused inside a worker too
+
+
+def test_jobs_only_for_sweeps(tmp_path, capsys):
+    assert main(["--jobs", "2", "--out", str(tmp_path), *TINY]) == 2
+    assert "only --mode sweep" in capsys.readouterr().err
