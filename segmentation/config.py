@@ -162,12 +162,17 @@ def _apply_classes(cfg, args):
         return
     if num is not None and num < 1:
         raise ConfigError(f"--num-classes {num}: must be at least 1")
-    from .classes import apply_classes, discover_classes
+    from .classes import TrainLayout, apply_classes, discover_classes
     cfg_rzl = next((bool(ds.get("reduce_zero_label", False)) for _, ds in leaf_datasets(cfg)), False)
     rzl = cfg_rzl if rzl is None else rzl
-    classes, rzl = discover_classes(cfg.data_root, rzl, num, known_names=tuple(cfg.get("classes") or ()))
-    apply_classes(cfg, classes, rzl, leaf_datasets)
+    train = next((ds for split, ds in leaf_datasets(cfg) if split == "train"), {})
+    classes, rzl = discover_classes(train.get("data_root") or cfg.get("data_root"), rzl, num,
+                                    known_names=tuple(cfg.get("classes") or ()), layout=TrainLayout.of(train),
+                                    ignore_index=int(train.get("ignore_index", 255)))
+    notes = apply_classes(cfg, classes, rzl, leaf_datasets)
     logger.warning("classes: %d (%s), reduce_zero_label=%s", len(classes), ", ".join(classes[:12]), rzl)
+    for note in notes:
+        logger.warning(note)
 
 
 def _apply_test_mode(cfg, test_mode: str):
