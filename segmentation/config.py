@@ -175,6 +175,38 @@ def _apply_classes(cfg, args):
         logger.warning(note)
 
 
+def _apply_checkpoint_norm(cfg, options: list[str]):
+    """A pretrained checkpoint of ours brings the statistics its encoder was trained with (``norm_stats``):
+    they replace the config's ``model.data_preprocessor`` mean / std (0-255 units) unless ``--cfg-options``
+    sets them; the choice is logged and kept as ``cfg.norm_stats`` (in the config mmengine dumps)."""
+    from mae_transfer.data.norm_stats import checkpoint_norm_stats, framework_norm
+
+    pre = cfg.model.data_preprocessor
+    weights = cfg.model.backbone.get("pretrained")
+    user = {k for k in ("mean", "std") for o in options
+            if o.split("=", 1)[0].strip() == f"model.data_preprocessor.{k}"}
+    stats = checkpoint_norm_stats(weights) if weights else None
+    sources = {}
+    if stats is not None:
+        try:
+            mean, std = framework_norm(stats, len(pre.mean))
+        except ValueError as e:
+            raise ConfigError(f"--weights {weights}: normalisation statistics do not fit the model ({e}); set "
+                              f"--cfg-options model.data_preprocessor.mean=[...] model.data_preprocessor.std=[...]"
+                              ) from None
+    for key in ("mean", "std"):
+        if key in user:
+            sources[key] = "the command line"
+        elif stats is not None:
+            pre[key] = mean if key == "mean" else std
+            sources[key] = f"the checkpoint {weights} (norm_stats: {stats['source'] or 'stored'})"
+        else:
+            sources[key] = "the config"
+    src = sources["mean"] if sources["mean"] == sources["std"] else f"mean: {sources['mean']}; std: {sources['std']}"
+    cfg.norm_stats = dict(mean=list(pre.mean), std=list(pre.std), source=src)
+    logger.warning("normalisation (0-255 units) from %s: mean %s std %s", src, list(pre.mean), list(pre.std))
+
+
 def _apply_test_mode(cfg, test_mode: str):
     """``whole``-image or ``slide`` inference (crop = the training crop, stride 2/3 of it); ``config``: as is."""
     if test_mode == "config":
@@ -233,6 +265,7 @@ def prepare_config(args):
         cfg.resume, cfg.load_from = True, args.resume
     _apply_data_root(cfg, args.data_root)
     _apply_classes(cfg, args)
+    _apply_checkpoint_norm(cfg, args.cfg_options)
     _apply_test_mode(cfg, args.test_mode)
     from .precision import apply_precision
     apply_precision(cfg, getattr(args, "precision", "config"))
