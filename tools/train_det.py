@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,7 +105,20 @@ def setup(args):
     if comm.is_main_process():
         logging.getLogger("detectron2").info("\n".join([*size_lines, norm_line]))
     setup_datasets(cfg, Path(out) / "datasets", need_train=not args.eval_only)
+    if comm.is_main_process():
+        save_run_config(cfg, Path(out))
     return cfg
+
+
+def save_run_config(cfg, out: Path):
+    """``out/config.yaml`` again (atomically), now that the datasets have fitted the model (class count,
+    mask head, mask format): default_setup wrote it before, and tools/predict.py rebuilds the detector
+    from it."""
+    from detectron2.config import LazyConfig
+
+    tmp = out / "config.yaml.tmp"
+    LazyConfig.save(cfg, str(tmp))
+    os.replace(tmp, out / "config.yaml")
 
 
 def main(args) -> dict:
