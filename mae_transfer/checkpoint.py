@@ -95,6 +95,9 @@ def load_file(path: str | os.PathLike, *, safe_globals: Iterable = (), map_locat
     :func:`is_safetensors`) is read with the ``safetensors`` package instead, as ``{"model": tensors,
     "metadata": header strings}``.
 
+    A Hugging Face sharded checkpoint is read through its index (``model.safetensors.index.json``: every
+    shard its ``weight_map`` names, from the index's folder, merged).
+
     Args: ``path`` the file; ``safe_globals`` classes allowed besides tensors and plain containers;
     ``map_location`` as ``torch.load``'s (safetensors files go to it if it names a device, else the CPU).
     The MAE reference stores its argparse ``args`` in training checkpoints: that one plain class is
@@ -103,6 +106,8 @@ def load_file(path: str | os.PathLike, *, safe_globals: Iterable = (), map_locat
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if path.name.endswith(".safetensors.index.json"):
+        return _load_sharded_safetensors(path, map_location)
     if is_safetensors(path):
         return _load_safetensors(path, map_location)
     try:
@@ -165,6 +170,31 @@ def _load_safetensors(path: Path, map_location) -> dict:
     if not tensors:
         raise CheckpointError(f"checkpoint {str(path)!r} is a safetensors file holding no tensors")
     return {"model": tensors, "metadata": dict(metadata)}
+
+
+def _load_sharded_safetensors(index: Path, map_location) -> dict:
+    """The shards a ``*.safetensors.index.json`` names (``{"weight_map": {key: shard file}}``, shards beside
+    the index), merged as ``{"model": tensors, "metadata": the index's metadata}``. Every key of the map
+    must be in its shard; a missing or unreadable shard, or a malformed index, is an error naming it."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError("'weight_map' is not a non-empty mapping")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"cannot read sharded checkpoint index {str(index)!r}: expected "
+                              f"{{\"weight_map\": {{key: shard file}}}} ({type(e).__name__}: {e})") from None
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        file = index.parent / str(shard)
+        if not file.is_file():
+            raise CheckpointError(f"sharded checkpoint {str(index)!r}: shard {str(file)!r} does not exist")
+        tensors.update(_load_safetensors(file, map_location)["model"])
+    missing = [k for k in weight_map if k not in tensors]
+    if missing:
+        raise CheckpointError(f"sharded checkpoint {str(index)!r}: {len(missing)} key(s) of its weight_map not in "
+                              f"their shards: {_short_list(missing)}")
+    metadata = json.loads(index.read_text(encoding="utf-8")).get("metadata") or {}
+    return {"model": tensors, "metadata": {str(k): str(v) for k, v in metadata.items()}}
 
 
 def _pickled_code(path: Path) -> str | None:

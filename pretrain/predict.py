@@ -22,10 +22,12 @@ from mae_transfer.checkpoint import CheckpointError, check_state_dict, extract_s
 from mae_transfer.common import ConfigError
 from mae_transfer.data.datasets import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, PHOTOS, PHOTOS_MEAN, PHOTOS_STD,
                                         is_fashion_mnist_dir)
+from mae_transfer.data.fashion_mnist import DataError
+from mae_transfer.data.images import image_array, match_channels, read_image
 from mae_transfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mae_transfer.models.mae import MaskedAutoencoderViT
 from mae_transfer.models.masking import mask_noise
-from mae_transfer.predict import InputImage, save_png
+from mae_transfer.predict import ImageError, InputImage, save_png
 from mae_transfer.viz import mae_reconstruction
 
 __all__ = ["training_norm_stats", "MAEPredictor", "PANEL_GAP"]
@@ -37,8 +39,13 @@ PANEL_GAP = 2  # white pixels between the figure's panels
 
 def training_norm_stats(ckpt: dict) -> tuple[tuple, tuple, str]:
     """``(mean, std, where from)`` the run normalised its images with, as ``pretrain/data.py``'s
-    ``norm_stats`` chose them: statistics stored in the checkpoint (top level or config), else those of
+    ``norm_stats`` chose them: the checkpoint's ``norm_stats`` (what every checkpoint of ``pretrain/run.py``
+    stores), else statistics stored in the checkpoint (top level or config), else those of
     the built-in dataset it was trained on, else ImageNet's (an image folder without given statistics)."""
+    stored = ckpt.get("norm_stats")
+    if isinstance(stored, dict) and stored.get("mean") and stored.get("std"):
+        return (tuple(map(float, stored["mean"])), tuple(map(float, stored["std"])),
+                f"the checkpoint (norm_stats: {stored.get('source') or 'stored'})")
     cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     for src in (ckpt, cfg):
         if src.get("mean") and src.get("std"):
@@ -82,23 +89,44 @@ class MAEPredictor:
         if not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError(f"--mask-ratio must be in (0, 1), got {self.mask_ratio}")
         self.sampling = str(cfg.get("mask_sampling") or "random")
+        self.channels = int(kwargs.get("in_chans", 3))
         self.mean, self.std, self.stats_from = training_norm_stats(ckpt)
+        if len(self.mean) == 1 and self.channels != 1:  # grey statistics stand for every channel
+            self.mean, self.std = self.mean * self.channels, self.std * self.channels
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise CheckpointError(f"{weights}: normalisation statistics for {len(self.mean)} channel(s), the "
+                                  f"model reads {self.channels}")
         self.rng = np.random.default_rng(seed)
         self.device, self.weights, self.count = device, str(weights), 0
         logger.info(f"MAE {kwargs.get('embed_dim')}-d x {kwargs.get('depth')} at {self.model.img_size}px, mask "
                     f"{self.mask_ratio:.0%} ({self.sampling}), normalised with the statistics of {self.stats_from}")
 
+    def _stat(self, values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1)
+
     def _tensor(self, im: InputImage) -> torch.Tensor:
-        """(3, S_h, S_w) normalised input of the model (its ``img_size``) for one image."""
+        """(C, S_h, S_w) normalised input of the model (its ``img_size`` and ``in_chans``) for one image: an
+        RGB model reads the 8-bit RGB image, any other channel count the file at full depth, as in training
+        (:func:`mae_transfer.data.images.read_image`, grey <-> RGB converted)."""
         size = self.model.img_size
         sh, sw = (size, size) if isinstance(size, int) else size
-        img = Image.fromarray(im.rgb).resize((sw, sh), Image.BICUBIC)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
+        if self.channels == 3:
+            img = Image.fromarray(im.rgb).resize((sw, sh), Image.BICUBIC)
+            x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        else:
+            try:
+                img = match_channels(read_image(im.path), self.channels, str(im.path)).resize((sw, sh), Image.BICUBIC)
+            except DataError as e:
+                raise ImageError(str(e)) from None
+            x = torch.from_numpy(np.ascontiguousarray(image_array(img), dtype=np.float32))
+        return (x - self._stat(self.mean)) / self._stat(self.std)
 
     def _panel(self, x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """(3, S_h, S_w) normalised -> (H, W, 3) uint8 at ``size`` (H, W)."""
-        x = x.cpu().float() * torch.tensor(self.std).view(3, 1, 1) + torch.tensor(self.mean).view(3, 1, 1)
+        """(C, S_h, S_w) normalised -> (H, W, 3) uint8 at ``size`` (H, W); one channel (or the first of
+        an N-channel stack) shown grey."""
+        x = x.cpu().float() * self._stat(self.std) + self._stat(self.mean)
+        if x.shape[0] != 3:
+            x = x[:1].expand(3, -1, -1)
         pix = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
         return np.asarray(Image.fromarray(pix).resize((size[1], size[0]), Image.BICUBIC))
 
@@ -112,7 +140,7 @@ class MAEPredictor:
         noise = torch.from_numpy(np.stack([mask_noise(self.sampling, self.rng, grid, self.mask_ratio)
                                            for _ in batch])).to(self.device)
         r = mae_reconstruction(self.model, imgs, self.mask_ratio, noise)
-        grey = ((0.5 - torch.tensor(self.mean)) / torch.tensor(self.std)).view(1, 3, 1, 1).to(imgs)
+        grey = ((0.5 - self._stat(self.mean)) / self._stat(self.std)).unsqueeze(0).to(imgs)
         p = self.model.patch_size
         removed = self.model.unpatchify(r["mask"].unsqueeze(-1).expand(-1, -1, p * p * imgs.shape[1])).bool()
         masked = torch.where(removed, grey.expand_as(imgs), r["original"])

@@ -1,8 +1,11 @@
 """Class count and names of an ADE-layout folder, for ``tools/train_seg.py --data-root DIR`` without a config edit.
 
 Sources, first found wins: ``DIR/classes.txt`` (one name a line, in id order), ``DIR/metainfo.json``
-(``{"classes": [...]}``, optionally ``"reduce_zero_label"``), else the label ids found by scanning
-``DIR/annotations/training/*.png`` (names ``class_<id>``). Label convention: with ``reduce_zero_label=False``
+(``{"classes": [...]}``, optionally ``"reduce_zero_label"``), else the label ids found by scanning the
+training label maps (names ``class_<id>``): those of the training dataset's own layout (its
+``data_prefix.seg_map_path`` / ``img_path``, ``seg_map_suffix`` / ``img_suffix``; ADE20K's
+``annotations/training/*.png`` beside ``images/training/*.jpg`` by default) that have an image. The scan
+reads each map through :func:`segmentation.data.label_info`, so ``--check-data full`` does not read it again. Label convention: with ``reduce_zero_label=False``
 ids ``0 .. C-1`` are the classes; with ``reduce_zero_label=True`` (ADE20K) 0 is ignored and ids
 ``1 .. C`` are the classes, so a listed name file then names ids 1..C.
 """
@@ -10,39 +13,65 @@ ids ``0 .. C-1`` are the classes; with ``reduce_zero_label=True`` (ADE20K) 0 is 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from mae_transfer.common import ConfigError
 
 
-def _scan_ids(ann_dir: Path, ignore_index: int = 255) -> list[int]:
-    from PIL import Image
+@dataclass(frozen=True)
+class TrainLayout:
+    """Where the training label maps of a dataset are: ``seg_map_path`` / ``img_path`` relative to the data
+    root, and the file suffixes (mmseg's ``BaseSegDataset`` keys, ADE20K's values by default)."""
+    seg_map_path: str = "annotations/training"
+    img_path: str = "images/training"
+    seg_map_suffix: str = ".png"
+    img_suffix: str = ".jpg"
 
-    files = sorted(ann_dir.glob("*.png"))
-    if not files:
-        raise ConfigError(f"{ann_dir}: no *.png label maps to take the classes from (and no classes.txt)")
+    @classmethod
+    def of(cls, ds: dict) -> "TrainLayout":
+        """The layout of mmseg dataset config ``ds`` (keys it leaves out keep ADE20K's values)."""
+        prefix = ds.get("data_prefix") or {}
+        d = cls()
+        return cls(prefix.get("seg_map_path", d.seg_map_path), prefix.get("img_path", d.img_path),
+                   ds.get("seg_map_suffix", d.seg_map_suffix), ds.get("img_suffix", d.img_suffix))
+
+
+def _scan_ids(root: Path, layout: TrainLayout, ignore_index: int = 255) -> list[int]:
+    """Sorted label ids (``ignore_index`` left out) in the training label maps that have an image."""
+    from .data import SegDataError, label_info, list_pairs
+
+    ann_dir, img_dir = root / layout.seg_map_path, root / layout.img_path
+    try:
+        pairs, _ = list_pairs(img_dir, ann_dir, layout.img_suffix, layout.seg_map_suffix)
+    except SegDataError as e:
+        raise ConfigError(f"class scan (no classes.txt / metainfo.json in {root}): {e}") from e
+    if not pairs:
+        raise ConfigError(f"{ann_dir}: no '*{layout.seg_map_suffix}' label maps with an image "
+                          f"'{img_dir}/NAME{layout.img_suffix}' to take the classes from (and no classes.txt)")
     ids: set[int] = set()
-    for f in files:
+    for _, _, lbl in pairs:
         try:
-            ids.update(int(v) for v in np.unique(np.asarray(Image.open(f))))
-        except OSError as e:
-            raise ConfigError(f"{f}: unreadable label map ({e})") from e
+            ids.update(int(v) for v in label_info(lbl).ids)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{lbl}: unreadable label map ({e})") from e
     ids.discard(ignore_index)
     return sorted(ids)
 
 
 def discover_classes(data_root: str | Path, reduce_zero_label: bool = False, num_classes: int | None = None,
-                     known_names: tuple[str, ...] = ()) -> tuple[tuple[str, ...], bool]:
+                     known_names: tuple[str, ...] = (), layout: TrainLayout | None = None,
+                     ignore_index: int = 255) -> tuple[tuple[str, ...], bool]:
     """Class names (in training id order) and the ``reduce_zero_label`` to use for ``data_root``.
 
     Args:
-        data_root: folder with ``images/`` and ``annotations/`` (``training``/``validation`` inside).
+        data_root: the dataset's root folder (``classes.txt`` / ``metainfo.json`` are looked for in it).
         reduce_zero_label: the command line's ``--reduce-zero-label`` (a ``metainfo.json`` may also set it).
         num_classes: ``--num-classes``; a names file must match it, without one it gives the count.
         known_names: the config's names, used instead of ``class_<id>`` when there is no names file and
             the count (scanned or ``num_classes``) equals theirs.
+        layout: where the training label maps and images are (default: ADE20K's layout).
+        ignore_index: the label id that is no class (left out of the scan).
     Returns ``(classes, reduce_zero_label)``; raises :class:`ConfigError` naming the file at fault."""
     root = Path(data_root)
     names = None
@@ -64,28 +93,49 @@ def discover_classes(data_root: str | Path, reduce_zero_label: bool = False, num
             raise ConfigError(f"{src} names {len(names)} classes but --num-classes {num_classes}")
         return tuple(names), reduce_zero_label
     if num_classes is None:
-        ids = _scan_ids(root / "annotations" / "training")
+        layout = layout or TrainLayout()
+        ids = _scan_ids(root, layout, ignore_index)
         if reduce_zero_label:
             ids = [i for i in ids if i != 0]
         num_classes = (max(ids) if reduce_zero_label else max(ids) + 1) if ids else 0
         if num_classes < 1:
-            raise ConfigError(f"{root / 'annotations' / 'training'}: no class ids found in the label maps")
+            raise ConfigError(f"{root / layout.seg_map_path}: no class ids found in the label maps")
     if len(known_names) == num_classes:
         return tuple(known_names), reduce_zero_label
     first = 1 if reduce_zero_label else 0
     return tuple(f"class_{first + i}" for i in range(num_classes)), reduce_zero_label
 
 
-def apply_classes(cfg, classes: tuple[str, ...], reduce_zero_label: bool, leaf_datasets) -> None:
-    """Size both heads, every dataset's metainfo / ``reduce_zero_label`` and every label check to ``classes``."""
+def _fit_class_weights(head, where: str, n: int) -> list[str]:
+    """Drop a loss's per-class ``class_weight`` of another class count (the config's, for its own data):
+    with it the loss would fail on the first batch. Returns one line per weight dropped."""
+    losses = head.get("loss_decode")
+    dropped = []
+    for i, loss in enumerate(losses if isinstance(losses, (list, tuple)) else [losses] if losses else []):
+        w = loss.get("class_weight")
+        if w is not None and not isinstance(w, str) and len(w) != n:
+            key = f"{where}.loss_decode{f'[{i}]' if isinstance(losses, (list, tuple)) else ''}.class_weight"
+            loss["class_weight"] = None
+            dropped.append(f"{key}: {len(w)} weights for {n} classes, dropped (unweighted loss; set "
+                           f"{key}=[...] with --cfg-options to weight the classes)")
+    return dropped
+
+
+def apply_classes(cfg, classes: tuple[str, ...], reduce_zero_label: bool, leaf_datasets) -> list[str]:
+    """Size both heads, every dataset's metainfo / ``reduce_zero_label`` and every label check to ``classes``.
+
+    Returns a line per per-class loss weight that had to be dropped (see :func:`_fit_class_weights`)."""
     n = len(classes)
     cfg.num_classes = n
     cfg.classes = classes
     cfg.model.decode_head.num_classes = n
+    notes = _fit_class_weights(cfg.model.decode_head, "model.decode_head", n)
     if cfg.model.get("auxiliary_head"):
-        heads = cfg.model.auxiliary_head if isinstance(cfg.model.auxiliary_head, list) else [cfg.model.auxiliary_head]
-        for h in heads:
+        aux = cfg.model.auxiliary_head
+        heads = aux if isinstance(aux, list) else [aux]
+        for i, h in enumerate(heads):
             h["num_classes"] = n
+            notes += _fit_class_weights(h, f"model.auxiliary_head{f'[{i}]' if isinstance(aux, list) else ''}", n)
     for _, ds in leaf_datasets(cfg):
         ds["metainfo"] = dict(classes=classes)
         ds["reduce_zero_label"] = reduce_zero_label
@@ -94,3 +144,4 @@ def apply_classes(cfg, classes: tuple[str, ...], reduce_zero_label: bool, leaf_d
                 step["reduce_zero_label"] = reduce_zero_label
             if step.get("type") == "CheckSegLabels":
                 step["num_classes"] = n
+    return notes

@@ -162,12 +162,49 @@ def _apply_classes(cfg, args):
         return
     if num is not None and num < 1:
         raise ConfigError(f"--num-classes {num}: must be at least 1")
-    from .classes import apply_classes, discover_classes
+    from .classes import TrainLayout, apply_classes, discover_classes
     cfg_rzl = next((bool(ds.get("reduce_zero_label", False)) for _, ds in leaf_datasets(cfg)), False)
     rzl = cfg_rzl if rzl is None else rzl
-    classes, rzl = discover_classes(cfg.data_root, rzl, num, known_names=tuple(cfg.get("classes") or ()))
-    apply_classes(cfg, classes, rzl, leaf_datasets)
+    train = next((ds for split, ds in leaf_datasets(cfg) if split == "train"), {})
+    classes, rzl = discover_classes(train.get("data_root") or cfg.get("data_root"), rzl, num,
+                                    known_names=tuple(cfg.get("classes") or ()), layout=TrainLayout.of(train),
+                                    ignore_index=int(train.get("ignore_index", 255)))
+    notes = apply_classes(cfg, classes, rzl, leaf_datasets)
     logger.warning("classes: %d (%s), reduce_zero_label=%s", len(classes), ", ".join(classes[:12]), rzl)
+    for note in notes:
+        logger.warning(note)
+
+
+def _apply_checkpoint_norm(cfg, options: list[str]):
+    """A pretrained checkpoint of ours brings the statistics its encoder was trained with (``norm_stats``):
+    they replace the config's ``model.data_preprocessor`` mean / std (0-255 units) unless ``--cfg-options``
+    sets them; the choice is logged and kept as ``cfg.norm_stats`` (in the config mmengine dumps)."""
+    from mae_transfer.data.norm_stats import checkpoint_norm_stats, framework_norm
+
+    pre = cfg.model.data_preprocessor
+    weights = cfg.model.backbone.get("pretrained")
+    user = {k for k in ("mean", "std") for o in options
+            if o.split("=", 1)[0].strip() == f"model.data_preprocessor.{k}"}
+    stats = checkpoint_norm_stats(weights) if weights else None
+    sources = {}
+    if stats is not None:
+        try:
+            mean, std = framework_norm(stats, len(pre.mean))
+        except ValueError as e:
+            raise ConfigError(f"--weights {weights}: normalisation statistics do not fit the model ({e}); set "
+                              f"--cfg-options model.data_preprocessor.mean=[...] model.data_preprocessor.std=[...]"
+                              ) from None
+    for key in ("mean", "std"):
+        if key in user:
+            sources[key] = "the command line"
+        elif stats is not None:
+            pre[key] = mean if key == "mean" else std
+            sources[key] = f"the checkpoint {weights} (norm_stats: {stats['source'] or 'stored'})"
+        else:
+            sources[key] = "the config"
+    src = sources["mean"] if sources["mean"] == sources["std"] else f"mean: {sources['mean']}; std: {sources['std']}"
+    cfg.norm_stats = dict(mean=list(pre.mean), std=list(pre.std), source=src)
+    logger.warning("normalisation (0-255 units) from %s: mean %s std %s", src, list(pre.mean), list(pre.std))
 
 
 def _apply_test_mode(cfg, test_mode: str):
@@ -228,6 +265,7 @@ def prepare_config(args):
         cfg.resume, cfg.load_from = True, args.resume
     _apply_data_root(cfg, args.data_root)
     _apply_classes(cfg, args)
+    _apply_checkpoint_norm(cfg, args.cfg_options)
     _apply_test_mode(cfg, args.test_mode)
     from .precision import apply_precision
     apply_precision(cfg, getattr(args, "precision", "config"))

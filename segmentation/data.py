@@ -26,9 +26,39 @@ from PIL import Image
 
 from mmseg.registry import TRANSFORMS
 
-__all__ = ["SegDataError", "SplitReport", "validate_seg_folder", "label_problems", "CheckSegLabels"]
+__all__ = ["SegDataError", "SplitReport", "LabelInfo", "label_info", "list_pairs", "validate_seg_folder",
+           "label_problems", "CheckSegLabels"]
 
 _LABEL_MODES = ("L", "P", "I;16", "I")
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """What the up-front checks need of one label map: PIL ``mode``, ``size`` (W, H), array ``shape`` and
+    the sorted distinct values ``ids`` (1-D)."""
+    mode: str
+    size: tuple[int, int]
+    shape: tuple[int, ...]
+    ids: np.ndarray
+
+
+# (resolved path, mtime_ns, size in bytes) -> LabelInfo: the class scan at start-up and the full data
+# check read each label map once between them (a changed file is read again).
+_LABEL_INFO: dict[tuple[str, int, int], LabelInfo] = {}
+
+
+def label_info(path: str | os.PathLike) -> LabelInfo:
+    """:class:`LabelInfo` of the label map at ``path``, read once per process while the file is unchanged.
+    Raises ``OSError`` / ``ValueError`` for an unreadable file (not cached)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    info = _LABEL_INFO.get(key)
+    if info is None:
+        with Image.open(path) as im:
+            label = np.asarray(im)
+            info = LabelInfo(im.mode, im.size, label.shape, np.unique(label))
+        _LABEL_INFO[key] = info
+    return info
 
 
 class SegDataError(ValueError):
@@ -60,7 +90,8 @@ def _hint(value: int, num_classes: int, reduce_zero_label: bool) -> str:
 
 def label_problems(label: np.ndarray, num_classes: int, reduce_zero_label: bool,
                    ignore_index: int = 255) -> str | None:
-    """Why raw label map ``label`` (H, W) does not fit ``num_classes`` classes, or ``None`` if it does."""
+    """Why raw label map ``label`` (H, W; or its distinct values, 1-D) does not fit ``num_classes``
+    classes, or ``None`` if it does."""
     values = np.unique(label)
     top = num_classes if reduce_zero_label else num_classes - 1
     bad = [int(v) for v in values if v > top and v != ignore_index]
@@ -76,25 +107,33 @@ def _list(folder: Path, suffix: str) -> dict[str, Path]:
 
 
 def _check_pair(lbl_path: Path, img_path: Path, num_classes: int, reduce_zero_label: bool,
-                ignore_index: int) -> tuple[str | None, np.ndarray | None]:
-    """``(problem, None)`` for a bad image / label pair, else ``(None, label map)``: both readable, the
-    label one channel of class ids, of the image's size, with ids in range."""
+                ignore_index: int) -> tuple[str | None, LabelInfo | None]:
+    """``(problem, None)`` for a bad image / label pair, else ``(None, label info)``: both readable, the
+    label one channel of class ids, of the image's size, with ids in range. The label map is read through
+    :func:`label_info` (once per run); of the image only the header."""
     try:
-        with Image.open(lbl_path) as im:
-            mode, lbl_size = im.mode, im.size
-            label = np.asarray(im)
+        info = label_info(lbl_path)
         with Image.open(img_path) as im:
             img_size = im.size
     except (OSError, ValueError) as e:
         return f"{lbl_path} / {img_path}: unreadable ({e})", None
-    if mode not in _LABEL_MODES:
-        return (f"{lbl_path}: label map has mode {mode} ({label.shape}), expected one channel "
+    if info.mode not in _LABEL_MODES:
+        return (f"{lbl_path}: label map has mode {info.mode} ({info.shape}), expected one channel "
                 f"of class ids (mode L or P)"), None
-    if lbl_size != img_size:
-        return (f"{lbl_path}: label size {lbl_size[0]}x{lbl_size[1]} != image {img_path} size "
+    if info.size != img_size:
+        return (f"{lbl_path}: label size {info.size[0]}x{info.size[1]} != image {img_path} size "
                 f"{img_size[0]}x{img_size[1]} (WxH)"), None
-    why = label_problems(label, num_classes, reduce_zero_label, ignore_index)
-    return (f"{lbl_path}: {why}", None) if why else (None, label)
+    why = label_problems(info.ids, num_classes, reduce_zero_label, ignore_index)
+    return (f"{lbl_path}: {why}", None) if why else (None, info)
+
+
+def list_pairs(img_dir: str | os.PathLike, ann_dir: str | os.PathLike, img_suffix: str = ".jpg",
+               seg_map_suffix: str = ".png") -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """``([(name, image, label), ...], problems)``: the names (relative to the folders, without suffix)
+    with both files, and one line per image or label alone. Raises :class:`SegDataError` for a missing
+    folder or a folder without ``*img_suffix`` images."""
+    report = SplitReport(str(img_dir))
+    return _list_pairs(Path(img_dir), Path(ann_dir), img_suffix, seg_map_suffix, report), report.problems
 
 
 def _list_pairs(img_dir: Path, ann_dir: Path, img_suffix: str, seg_map_suffix: str, report) -> list[tuple]:
@@ -123,8 +162,8 @@ def _raise_on_problems(problems: list[str], img_dir: Path):
 def validate_seg_folder(img_dir: str | os.PathLike, ann_dir: str | os.PathLike, num_classes: int,
                         reduce_zero_label: bool, img_suffix: str = ".jpg", seg_map_suffix: str = ".png",
                         ignore_index: int = 255, check: str = "full", on_bad: str = "error") -> SplitReport:
-    """Check one split. ``check``: ``"pairs"`` (files only) or ``"full"`` (also reads every label map
-    and image header). ``on_bad``: ``"error"`` raises :class:`SegDataError` naming the files;
+    """Check one split. ``check``: ``"pairs"`` (files only) or ``"full"`` (also reads every label map,
+    through :func:`label_info`, so a map the class scan has read is not read again, and every image header). ``on_bad``: ``"error"`` raises :class:`SegDataError` naming the files;
     ``"skip"`` leaves them out of ``report.names`` and lists them in ``report.problems``.
 
     With ``check="full"`` and ``reduce_zero_label=True``, a split whose labels never reach id
@@ -137,14 +176,14 @@ def validate_seg_folder(img_dir: str | os.PathLike, ann_dir: str | os.PathLike, 
     zero_example = None
     for name, img_path, lbl_path in _list_pairs(img_dir, ann_dir, img_suffix, seg_map_suffix, report):
         if check == "full":
-            problem, label = _check_pair(lbl_path, img_path, num_classes, reduce_zero_label, ignore_index)
+            problem, info = _check_pair(lbl_path, img_path, num_classes, reduce_zero_label, ignore_index)
             if problem:
                 report.problems.append(problem)
                 continue
-            valid = label[label != ignore_index]
+            valid = info.ids[info.ids != ignore_index]
             if valid.size:
                 report.max_label = max(report.max_label, int(valid.max()))
-            if zero_example is None and (label == 0).any():
+            if zero_example is None and (info.ids == 0).any():
                 zero_example = lbl_path
         report.names.append(name)
     if check == "full" and reduce_zero_label and zero_example is not None and report.max_label < num_classes:

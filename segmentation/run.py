@@ -83,6 +83,7 @@ def _metrics(runner, cfg, cfg_path: Path, summary: dict, **extra) -> dict:
         "data_root": cfg.get("data_root"),
         "test_mode": cfg.model.test_cfg.get("mode"),
         "img_size": cfg.model.backbone.get("img_size"),
+        "norm_stats": cfg.get("norm_stats"),
         "device": str(next(runner.model.parameters()).device),
         "world_size": runner.world_size,
         "precision": wrapper_precision(runner.optim_wrapper),

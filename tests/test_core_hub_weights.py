@@ -263,3 +263,46 @@ def test_save_safetensors_is_atomic_and_copies_shared_tensors_apart(tmp_path, mo
         save_safetensors({"a": torch.zeros(2)}, path)
     assert torch.equal(load_file(path)["model"]["a"], torch.arange(6.0))
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def _write_shards(folder: Path, sd: dict, n: int = 2) -> Path:
+    """``sd`` as Hugging Face shards it: ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``."""
+    keys = sorted(sd)
+    weight_map = {}
+    for i in range(n):
+        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        part = {k: sd[k].contiguous() for k in keys[i::n]}
+        save_file(part, str(folder / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    index = folder / "model.safetensors.index.json"
+    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    return index
+
+
+def test_hf_sharded_safetensors_load_through_their_index(tmp_path, mae_sd):
+    """ViTMAEForPreTraining in two shards with the hub's index, config.json beside: the same model as one file."""
+    index = _write_shards(tmp_path, to_hf(mae_sd, pretraining=True))
+    (tmp_path / "config.json").write_text(json.dumps(HF_CONFIG))
+    assert len(load_file(index)["model"]) == len(to_hf(mae_sd, pretraining=True))
+    vit = VisionTransformer(**TINY)
+    report = load_pretrained(vit, index, allow_missing=None, log=False)
+    assert report.format == "hf-vit-mae" and report.missing == []
+    torch.testing.assert_close(features(vit), ours_reference(tmp_path, encoder_of(mae_sd)), rtol=0, atol=0)
+
+
+def test_sharded_index_with_a_missing_shard_or_key_is_one_line_naming_it(tmp_path, mae_sd):
+    index = _write_shards(tmp_path, encoder_of(mae_sd))
+    shard = tmp_path / "model-00002-of-00002.safetensors"
+    data = shard.read_bytes()
+    shard.unlink()
+    with pytest.raises(CheckpointError, match="shard .*model-00002-of-00002.safetensors.* does not exist"):
+        load_file(index)
+    shard.write_bytes(data)
+    mapping = json.loads(index.read_text())
+    mapping["weight_map"]["blocks.9.attn.qkv.weight"] = "model-00001-of-00002.safetensors"
+    index.write_text(json.dumps(mapping))
+    with pytest.raises(CheckpointError, match="1 key.* not in their shards: blocks.9.attn.qkv.weight"):
+        load_file(index)
+    index.write_text("{}")
+    with pytest.raises(CheckpointError, match="cannot read sharded checkpoint index"):
+        load_file(index)

@@ -78,3 +78,79 @@ def test_bad_num_classes_is_a_clear_error(ade4, tmp_path, capsys):
                          "--num-classes", "3", "--work-dir", str(tmp_path / "w")])
     assert rc == 2
     assert "classes.txt names 4 classes but --num-classes 3" in capsys.readouterr().err
+
+
+def _layout_args(root: Path, work: Path, splits=("train", "val", "test")) -> list[str]:
+    """Flags for a folder laid out as images/<split>/*.png + labels/<split>/*.tif (not ADE20K's names)."""
+    opts = []
+    for split in splits:
+        folder = "training" if split == "train" else "validation"
+        ds = f"{split}_dataloader.dataset"
+        opts += [f"{ds}.data_prefix.img_path=images/{folder}", f"{ds}.data_prefix.seg_map_path=labels/{folder}",
+                 f"{ds}.img_suffix=.png", f"{ds}.seg_map_suffix=.tif"]
+    return ["--config", "upernet_mae_mini_scenes", "--weights", "none", "--data-root", str(root),
+            "--reduce-zero-label", "--work-dir", str(work), "--cfg-options", *opts]
+
+
+@pytest.fixture(scope="module")
+def tif_layout(ade4, tmp_path_factory):
+    """ade4's images as PNG under images/, its label maps as TIFF under labels/, plus a label map with
+    no image (left out of the scan) holding an id no training image has."""
+    root = tmp_path_factory.mktemp("tif_layout")
+    for folder in ("training", "validation"):
+        (root / "images" / folder).mkdir(parents=True)
+        (root / "labels" / folder).mkdir(parents=True)
+        for f in sorted((ade4 / "images" / folder).glob("*.jpg")):
+            Image.open(f).save(root / "images" / folder / f"{f.stem}.png")
+            Image.open(ade4 / "annotations" / folder / f"{f.stem}.png").save(root / "labels" / folder / f"{f.stem}.tif")
+    Image.fromarray(np.full((64, 64), 9, np.uint8)).save(root / "labels" / "training" / "orphan.tif")
+    return root
+
+
+def test_class_scan_follows_the_configs_layout(tif_layout, tmp_path):
+    from segmentation.config import prepare_config
+
+    cfg, _ = prepare_config(train_seg.parse_args(_layout_args(tif_layout, tmp_path / "w")))
+    # ids 1..4 in the TIFF maps that have an image; the orphan's id 9 does not count
+    assert cfg.classes == ("class_1", "class_2", "class_3", "class_4")
+    assert cfg.model.decode_head.num_classes == 4
+
+
+def test_full_check_reuses_the_scans_reads(tif_layout, tmp_path, monkeypatch):
+    """Each label map is decoded once per run: by the class scan, and not again by --check-data full."""
+    import logging
+
+    import PIL.Image
+
+    from segmentation import data as seg_data
+    from segmentation.config import prepare_config
+    from segmentation.data_check import check_data
+
+    monkeypatch.setattr(seg_data, "_LABEL_INFO", {})
+    opened = []
+    real_open = PIL.Image.open
+
+    def counting_open(fp, *a, **k):
+        if str(fp).endswith(".tif"):
+            opened.append(str(fp))
+        return real_open(fp, *a, **k)
+
+    monkeypatch.setattr(PIL.Image, "open", counting_open)
+    cfg, _ = prepare_config(train_seg.parse_args(_layout_args(tif_layout, tmp_path / "w")))
+    summary = check_data(cfg, "full", True, logging.getLogger("test"))  # the orphan label left out
+    assert summary["train"]["pairs"] == 16 and summary["val"]["pairs"] == 8
+    assert len(opened) == 24 and len(set(opened)) == 24, sorted(opened)
+
+
+def test_config_class_weights_of_another_count_are_dropped(ade4, tmp_path, caplog):
+    """The demo config weights its 11 scene classes; on a 4-class folder those weights would fail the
+    first loss computation, so they are dropped (and the log says so)."""
+    from segmentation.config import prepare_config
+
+    cfg, _ = prepare_config(train_seg.parse_args(["--config", "upernet_mae_scenes_demo", "--weights", "none",
+                                                  "--data-root", str(ade4), "--reduce-zero-label",
+                                                  "--work-dir", str(tmp_path / "w")]))
+    assert cfg.model.decode_head.num_classes == 4
+    assert cfg.model.decode_head.loss_decode.class_weight is None
+    assert cfg.model.auxiliary_head.loss_decode.class_weight is None
+    assert "model.decode_head.loss_decode.class_weight: 11 weights for 4 classes, dropped" in caplog.text

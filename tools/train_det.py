@@ -19,7 +19,9 @@ detection/img_size.py for the rule); ``train.precision=fp32|bf16|fp16|auto`` set
 training precision (bf16 works on CPUs too; auto times fp32 and bf16 on the first batch; unset, the
 config's ``train.amp.enabled`` decides; evaluation runs in fp32; see detection/README.md). Multi-GPU / multi-machine through detectron2's
 ``launch`` (on CPU, ``--num-gpus N`` starts N gloo processes). Writes DIR/metrics.json with ``bbox/AP``,
-``segm/AP`` (percent), ``wall_s`` and ``weights``. A DIR holding a finished run is refused unless
+``segm/AP`` (percent), ``wall_s``, ``weights`` and ``norm_stats`` (the input normalisation: a checkpoint of
+ours brings the statistics its encoder was trained with, unless ``model.pixel_mean=`` / ``model.pixel_std=``
+are given; detection/norm.py). A DIR holding a finished run is refused unless
 ``--resume``, ``--eval-only`` (which then writes eval_metrics.json, eval_predictions.png beside the
 training's files) or ``--overwrite`` is given.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +48,7 @@ from detection.engine import (build_model, check_output_dir, do_test, do_train, 
 from detection.config import ConfigError, load_config, resolve_config  # noqa: E402
 from detection.datasets import setup_datasets  # noqa: E402
 from detection.img_size import own_img_size, set_img_size  # noqa: E402
+from detection.norm import apply_checkpoint_norm  # noqa: E402
 from mae_transfer.checkpoint import CheckpointError  # noqa: E402
 
 
@@ -94,11 +98,27 @@ def setup(args):
         cfg.dataloader.evaluator.output_dir = str(Path(out) / "inference")  # coco_instances_results.json
     args.config_file = str(resolve_config(args.config))
     check_output_dir(Path(out), resume=args.resume, eval_only=args.eval_only, overwrite=args.overwrite)
-    default_setup(cfg, args)
-    if size_lines and comm.is_main_process():
-        logging.getLogger("detectron2").info("\n".join(size_lines))
+    weights_arg = args.weights if args.weights is not None else cfg.train.get("weights", None)
+    norm_line = apply_checkpoint_norm(cfg, resolve_weights(weights_arg), args.opts,
+                                      reuse_run=args.eval_only or args.resume)
+    default_setup(cfg, args)  # writes config.yaml, with the normalisation just chosen
+    if comm.is_main_process():
+        logging.getLogger("detectron2").info("\n".join([*size_lines, norm_line]))
     setup_datasets(cfg, Path(out) / "datasets", need_train=not args.eval_only)
+    if comm.is_main_process():
+        save_run_config(cfg, Path(out))
     return cfg
+
+
+def save_run_config(cfg, out: Path):
+    """``out/config.yaml`` again (atomically), now that the datasets have fitted the model (class count,
+    mask head, mask format): default_setup wrote it before, and tools/predict.py rebuilds the detector
+    from it."""
+    from detectron2.config import LazyConfig
+
+    tmp = out / "config.yaml.tmp"
+    LazyConfig.save(cfg, str(tmp))
+    os.replace(tmp, out / "config.yaml")
 
 
 def main(args) -> dict:
@@ -121,9 +141,10 @@ def main(args) -> dict:
     else:
         weights = resolve_weights(weights_arg)
         metrics, model = do_train(cfg, weights, resume=args.resume)
+    norm = {k: v if isinstance(v, str) else [float(x) for x in v] for k, v in cfg.train.norm_stats.items()}
     metrics.update(wall_s=time.perf_counter() - t0, weights=str(weights) if weights else "none",
                    config=args.config_file, seed=int(cfg.train.seed), eval_only=bool(args.eval_only),
-                   img_size=own_img_size(cfg),
+                   img_size=own_img_size(cfg), norm_stats=norm,
                    world_size=comm.get_world_size(), device=str(cfg.train.device))
     out = Path(cfg.train.output_dir)
     # an evaluation in a training run's folder writes beside the training's files, not over them

@@ -29,7 +29,8 @@ from .images import image_array
 
 logger = logging.getLogger("mae_transfer")
 
-__all__ = ["MAX_IMAGES", "compute_norm_stats", "folder_norm_stats", "stats_cache_path"]
+__all__ = ["MAX_IMAGES", "compute_norm_stats", "folder_norm_stats", "stats_cache_path", "checkpoint_norm_stats",
+           "framework_norm"]
 
 MAX_IMAGES = 2000  # images the statistics are measured on (a sample of larger folders)
 _VERSION = 1       # bump when the rule above changes: old cache files are then ignored
@@ -105,3 +106,30 @@ def folder_norm_stats(dataset, max_images: int = MAX_IMAGES) -> tuple[tuple[floa
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+
+
+def checkpoint_norm_stats(path: str | os.PathLike) -> dict | None:
+    """The statistics a checkpoint of ours was trained with: its ``norm_stats`` entry as
+    ``{"mean": (C,), "std": (C,), "source": str}`` (values in [0, 1] units, as ``pretrain/run.py`` and the
+    classification runs store them), or ``None`` for a checkpoint without one (the official MAE release,
+    timm, Hugging Face, detectors). Read through the one ``weights_only`` loader."""
+    from ..checkpoint import load_file
+
+    stored = load_file(path).get("norm_stats")
+    if not isinstance(stored, dict) or not stored.get("mean") or not stored.get("std"):
+        return None
+    return {"mean": tuple(float(v) for v in stored["mean"]), "std": tuple(float(v) for v in stored["std"]),
+            "source": str(stored.get("source") or "")}
+
+
+def framework_norm(stats: dict, channels: int, scale: float = 255.0) -> tuple[list[float], list[float]]:
+    """``stats`` (see :func:`checkpoint_norm_stats`) as a framework's per-channel ``(mean, std)`` for
+    ``channels``-channel inputs in ``0..scale`` units (detectron2's ``pixel_mean`` and mmseg's
+    ``data_preprocessor.mean`` are in 0-255). Grey statistics (one channel) stand for every channel: a
+    grey image read as RGB has R = G = B. Raises ``ValueError`` naming both counts for any other mismatch."""
+    mean, std = tuple(stats["mean"]), tuple(stats["std"])
+    if len(mean) == 1 and channels != 1:
+        mean, std = mean * channels, std * channels
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"statistics for {len(stats['mean'])} channel(s), the model reads {channels}")
+    return [round(scale * v, 4) for v in mean], [round(scale * v, 4) for v in std]
