@@ -222,7 +222,8 @@ def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int,
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     hp, wp = h + pad_h, w + pad_w
     x = x.view(B, hp // ws, ws, wp // ws, ws, D).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, ws, ws, D), (hp, wp)
+    # contiguous: at batch 1 with one row of windows the reshape is a strided view, and Block.forward .view()s it
+    return x.reshape(-1, ws, ws, D).contiguous(), (hp, wp)
 
 
 def window_unpartition(windows: torch.Tensor, ws: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
