@@ -60,13 +60,17 @@ class ViTDetBackbone(VisionTransformer, Backbone):
         global_blocks: 0-based indices of the global-attention blocks (B: 2, 5, 8, 11).
         use_rel_pos: add the decomposed relative position to attention (ViTDet: True).
         out_feature: name of the output feature map.
+        grad_checkpointing: recompute each block's activations in the backward pass
+            (``torch.utils.checkpoint``, see :class:`VisionTransformer`) for less activation memory at
+            about one more backbone forward per step; same outputs and gradients. detectron2's ViT calls
+            this ``use_act_checkpoint``.
     """
 
     def __init__(self, img_size: int = 1024, pretrain_img_size: int = 224, patch_size: int = 16,
                  in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
                  window_size: int = 14, global_blocks: Sequence[int] = (2, 5, 8, 11), use_rel_pos: bool = True,
-                 out_feature: str = "last_feat"):
+                 out_feature: str = "last_feat", grad_checkpointing: bool = False):
         bad = [i for i in global_blocks if not 0 <= i < depth]
         if bad:
             raise ValueError(f"ViTDetBackbone: global_blocks {bad} outside 0..{depth - 1}")
@@ -77,7 +81,8 @@ class ViTDetBackbone(VisionTransformer, Backbone):
                          qkv_bias=qkv_bias, class_token=False, pos_embed="learned", pos_embed_cls=True,
                          global_pool="", num_classes=0, drop_path_rate=drop_path_rate, window_size=window_size,
                          global_blocks=tuple(global_blocks), rel_pos="decomposed" if use_rel_pos else None,
-                         rel_pos_zero_init=True, rel_pos_size=img_size // patch_size, final_norm=False)
+                         rel_pos_zero_init=True, rel_pos_size=img_size // patch_size, final_norm=False,
+                         grad_checkpointing=grad_checkpointing)
         self.out_feature = out_feature
         self._out_features = [out_feature]
         self._out_feature_channels = {out_feature: embed_dim}
@@ -150,6 +155,7 @@ def add_vit_config(cfg: CfgNode):
     v.OUT_INDICES = []                      # multi-level FPN; empty = evenly spaced
     v.NORM = "LN"
     v.SQUARE_PAD = 1024
+    v.GRAD_CHECKPOINTING = False            # per-block activation checkpointing (memory for compute)
 
 
 def _vit_from_cfg(cfg: CfgNode, input_shape: ShapeSpec) -> ViTDetBackbone:
@@ -157,7 +163,8 @@ def _vit_from_cfg(cfg: CfgNode, input_shape: ShapeSpec) -> ViTDetBackbone:
     return ViTDetBackbone(img_size=v.IMG_SIZE, pretrain_img_size=v.PRETRAIN_IMG_SIZE, patch_size=v.PATCH_SIZE,
                           in_chans=input_shape.channels, embed_dim=v.EMBED_DIM, depth=v.DEPTH,
                           num_heads=v.NUM_HEADS, mlp_ratio=v.MLP_RATIO, drop_path_rate=v.DROP_PATH_RATE,
-                          window_size=v.WINDOW_SIZE, global_blocks=v.GLOBAL_BLOCKS, use_rel_pos=v.USE_REL_POS)
+                          window_size=v.WINDOW_SIZE, global_blocks=v.GLOBAL_BLOCKS, use_rel_pos=v.USE_REL_POS,
+                          grad_checkpointing=v.GRAD_CHECKPOINTING)
 
 
 @BACKBONE_REGISTRY.register()

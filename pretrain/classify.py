@@ -130,6 +130,7 @@ class ClassifyTask:
         cfg = self.cfg
         torch.manual_seed(cfg["seed"])
         model = VisionTransformer(**self.model_kwargs)
+        model.set_grad_checkpointing(cfg["grad_checkpointing"])  # memory, not architecture: not in model_kwargs
         if cfg["img_size"] % model.patch_size:
             raise ConfigError(f"img_size {cfg['img_size']} is not a multiple of the patch size {model.patch_size}")
         self.weights_format = "random init"

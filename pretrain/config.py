@@ -68,6 +68,7 @@ FIELDS: dict[str, tuple[Any, type, str]] = {
     "betas": ((0.9, 0.95), float, "AdamW betas"),
     "momentum": (0.9, float, "SGD / LARS momentum"),
     "clip_grad": (None, float, "clip the global grad norm to this (None: no clipping)"),
+    "grad_checkpointing": (False, bool, "recompute each transformer block's activations in the backward pass (torch.utils.checkpoint, encoder and MAE decoder): less activation memory for about one more forward per step, same gradients"),
     # --- MAE ---
     "mask_ratio": (0.75, float, "fraction of patches removed"),
     "norm_pix_loss": (True, bool, "regress per-patch normalised pixels (the older spelling of target: used when target is None)"),

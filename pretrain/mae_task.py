@@ -82,6 +82,7 @@ class MAETask:
         self.mean, self.std = self.norm_stats["mean"], self.norm_stats["std"]
         torch.manual_seed(cfg["seed"])  # same init on every rank
         self.model = MaskedAutoencoderViT(**self.model_kwargs).to(env.device)
+        self.model.set_grad_checkpointing(cfg["grad_checkpointing"])  # memory, not architecture: not in model_kwargs
         self.num_patches = self.model.grid_size[0] * self.model.grid_size[1]
         # block / grid masks as masking noise (a module function and plain values: picklable for workers)
         self.noise_fn = partial(mask_noise, cfg["mask_sampling"], grid=tuple(self.model.grid_size),

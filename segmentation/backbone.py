@@ -56,13 +56,17 @@ class PlainViTBackbone(BaseModule):
         pad_to_patch: zero-pad inputs on the bottom/right to a multiple of the patch size (as mmseg's
             ``PatchEmbed`` 'corner' padding), so whole-image inference works at any size.
         init_cfg: mmengine init config; must be ``None`` (use ``pretrained``).
+        grad_checkpointing: recompute each block's activations in the backward pass
+            (``torch.utils.checkpoint``, see :class:`VisionTransformer`): less activation memory for about
+            one more backbone forward per training step; same outputs and gradients (mmseg's ViT calls
+            this ``with_cp``).
     """
 
     def __init__(self, arch: str | dict = "vit_base_patch16", img_size: int | Sequence[int] = 512,
                  in_chans: int = 3, out_indices: Sequence[int] = (3, 5, 7, 11), drop_path_rate: float = 0.1,
                  rel_pos: str | None = "bias", init_values: float | None = None, class_token: bool = True,
                  pos_embed: str = "learned", qkv_bias: bool = True, pretrained: str | None = None,
-                 pad_to_patch: bool = True, init_cfg: dict | None = None):
+                 pad_to_patch: bool = True, init_cfg: dict | None = None, grad_checkpointing: bool = False):
         super().__init__(init_cfg=None)
         if init_cfg is not None:
             raise ValueError("PlainViTBackbone: load weights with pretrained=FILE (or tools/train_seg.py --weights), "
@@ -87,7 +91,7 @@ class PlainViTBackbone(BaseModule):
                                      pos_embed=pos_embed, global_pool="", num_classes=0,
                                      drop_path_rate=drop_path_rate, init_values=init_values,
                                      rel_pos=rel_pos, rel_pos_zero_init=True, qkv_bias=qkv_bias,
-                                     final_norm=False, **sizes)
+                                     final_norm=False, grad_checkpointing=grad_checkpointing, **sizes)
         self.embed_dim = self.vit.embed_dim
         self.patch_size = self.vit.patch_size
 

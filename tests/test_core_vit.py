@@ -66,6 +66,8 @@ def test_window_covering_grid_equals_global_attention():
     # a grid the window does not divide (10x14 tokens, window 4) runs with padding and keeps the grid
     win4 = VisionTransformer(**kw, window_size=4, global_blocks=(1,), rel_pos="decomposed", rel_pos_zero_init=False)
     assert win4.forward_feature_maps(torch.randn(1, 3, 40, 56), [-1])[0].shape == (1, 64, 10, 14)
+    # one row of padded windows at batch 1 (4x10 tokens): the partition is not a contiguous view
+    assert win4.forward_feature_maps(torch.randn(1, 3, 16, 40), [-1])[0].shape == (1, 64, 4, 10)
 
 
 def test_beit_bias_is_applied_and_resized():

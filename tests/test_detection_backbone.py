@@ -131,3 +131,41 @@ def test_registry_builders():
         bb = build_backbone(cfg, ShapeSpec(channels=3))
         assert any(k.startswith(prefix + "blocks.3.") for k in bb.state_dict())
         assert set(bb(torch.randn(1, 3, 128, 128))) == {"p2", "p3", "p4", "p5", "p6"}
+
+
+@pytest.mark.parametrize("pyramid", ["simple", "multilevel"])
+def test_grad_checkpointing_same_gradients(pyramid):
+    """ViTDet at the detector's level: windows (padded), global blocks, decomposed relative position,
+    drop path; the same pyramid loss and gradients with per-block checkpointing, blocks recomputed."""
+    from grad_ckpt import assert_same_step
+
+    torch.manual_seed(0)
+    net = ViTDetBackbone(**SMALL, global_blocks=GLOBAL, drop_path_rate=0.3)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if "rel_pos" in n:
+                p.normal_(0, 0.2)
+    if pyramid == "simple":
+        model = SimpleFeaturePyramid(net, in_feature="last_feat", out_channels=32, scale_factors=(4.0, 2.0, 1.0, 0.5),
+                                     top_block=LastLevelMaxPool(), norm="LN")
+    else:
+        model = FPN(bottom_up=MultiLevelViT(net, out_indices=(0, 1, 2, 3)), in_features=["res2", "res3", "res4", "res5"],
+                    out_channels=32, top_block=LastLevelMaxPool())
+    model.train()
+    x = torch.randn(1, 3, 64, 160)  # 4x10 tokens in 4x4 windows: padded
+    assert_same_step(model, net, list(net.blocks), lambda: sum(v.square().mean() for v in model(x).values()))
+
+
+def test_grad_checkpointing_from_configs():
+    from detection.config import load_config
+    from detectron2.config import instantiate
+
+    cfg = load_config("vitdet_scenes_mini", ["model.backbone.net.grad_checkpointing=True"])
+    assert instantiate(cfg.model.backbone.net).grad_checkpointing
+    assert load_config("vitdet_mae_l").model.backbone.net.grad_checkpointing is False  # the recipe's, documented
+    ycfg = get_cfg()
+    add_vit_config(ycfg)
+    ycfg.MODEL.VIT.update(IMG_SIZE=128, PRETRAIN_IMG_SIZE=64, EMBED_DIM=32, DEPTH=2, NUM_HEADS=2, WINDOW_SIZE=4,
+                          GLOBAL_BLOCKS=[1], SQUARE_PAD=128, GRAD_CHECKPOINTING=True)
+    ycfg.MODEL.BACKBONE.NAME = "build_vitdet_backbone"
+    assert build_backbone(ycfg, ShapeSpec(channels=3)).net.grad_checkpointing

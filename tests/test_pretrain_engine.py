@@ -190,3 +190,35 @@ def test_finetune_resume_restores_dropout_mixup_rng(tmp_path):
     _assert_bitwise_equal(_weights(part / "checkpoint-final.pth"), _weights(full / "checkpoint-final.pth"))
     a, b = (json.loads((d / "metrics.json").read_text())["top1"] for d in (full, part))
     assert a == b
+
+
+@pytest.mark.parametrize("mode", ["pretrain", "finetune"])
+def test_grad_checkpointing_trains_the_same_weights(tmp_path, monkeypatch, mode):
+    """``grad_checkpointing=true`` reaches the model (its blocks go through torch.utils.checkpoint) and
+    training ends at the same weights: MAE encoder + decoder, and fine-tuning with drop path."""
+    import torch.utils.checkpoint as tc
+    common = [*TINY, "epochs=1", "train_subset=64", "--seed", "2", "save_every_epochs=0"]
+    if mode == "finetune":
+        torch.manual_seed(0)
+        from mae_transfer.models.vit import vit_from_preset
+        torch.save(vit_from_preset("vit_micro_patch4").state_dict(), tmp_path / "init.pth")
+        common = ["--mode", "finetune", "--weights", str(tmp_path / "init.pth"), *common, "drop_path=0.3", "eval_subset=32"]
+    calls, real = [0], tc.checkpoint
+
+    def counting(*a, **kw):
+        calls[0] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tc, "checkpoint", counting)
+    a, b = tmp_path / "off", tmp_path / "on"
+    assert main(["--out", str(a), *common]) == 0
+    assert calls[0] == 0
+    assert main(["--out", str(b), *common, "grad_checkpointing=true"]) == 0
+    steps = 64 // 32
+    blocks = 4 + (1 if mode == "pretrain" else 0)  # vit_micro_patch4: 4 blocks; its MAE decoder: 1
+    assert calls[0] == steps * blocks
+    wa, wb = _weights(a / "checkpoint-final.pth"), _weights(b / "checkpoint-final.pth")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], atol=1e-6, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    assert json.loads((b / "config.json").read_text())["grad_checkpointing"] is True

@@ -170,3 +170,22 @@ def test_convert_to_mmseg_loads_into_mmseg_mae_backbone(tmp_path):
     with torch.no_grad():
         for w, g in zip(ref(x), ours(x)):
             torch.testing.assert_close(g, w, atol=1e-4, rtol=0)
+
+
+def test_grad_checkpointing_same_gradients_and_config_key():
+    """BEiT bias (non-zero), cls token, layer scale, drop path, out_indices stopping before the last
+    block: the same loss and gradients with per-block checkpointing, the run blocks recomputed."""
+    from grad_ckpt import assert_same_step
+
+    torch.manual_seed(0)
+    bb = PlainViTBackbone(arch=SMALL, img_size=32, out_indices=(0, 2), drop_path_rate=0.3, init_values=0.5)
+    with torch.no_grad():
+        for n, p in bb.named_parameters():
+            if "relative_position_bias_table" in n:
+                p.normal_(0, 0.2)
+    bb.train()
+    x = torch.randn(2, 3, 36, 44)  # padded to 36x44, a 9x11 grid: the bias tables are resized
+    assert_same_step(bb, bb.vit, list(bb.vit.blocks[:3]), lambda: sum(t.square().mean() for t in bb(x)))
+    built = MODELS.build(ConfigDict(type="PlainViTBackbone", arch="vit_micro_patch4", img_size=32, out_indices=(3,),
+                                    grad_checkpointing=True))
+    assert built.vit.grad_checkpointing

@@ -55,16 +55,19 @@ class MaskedAutoencoderViT(VisionTransformer):
         target: what the decoder regresses (Table 1d): ``pixel``, ``norm_pix`` or ``pca`` (the first
             ``pca_dim`` PCA coefficients of each patch; set the basis with :meth:`set_pca` before training).
         pca_dim: coefficients per patch for ``target="pca"`` (None: patch_dim // 8, the paper's 96 of 768).
+        grad_checkpointing: per-block activation checkpointing in the encoder and the decoder (see
+            :class:`VisionTransformer`); a memory setting, not part of the architecture.
     """
 
     def __init__(self, img_size=224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 1024,
                  depth: int = 24, num_heads: int = 16, mlp_ratio: float = 4.0, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, norm_pix_loss: bool = False,
                  encoder_mask_tokens: bool = False, target: str | None = None, pca_dim: int | None = None,
-                 norm_layer=partial(nn.LayerNorm, eps=1e-6)):
+                 norm_layer=partial(nn.LayerNorm, eps=1e-6), grad_checkpointing: bool = False):
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, class_token=True,
-                         pos_embed="sincos", global_pool="", num_classes=0, norm_layer=norm_layer)
+                         pos_embed="sincos", global_pool="", num_classes=0, norm_layer=norm_layer,
+                         grad_checkpointing=grad_checkpointing)
         del self.head, self.fc_norm, self.head_drop  # not part of the pretraining model
         self.in_chans = in_chans
         out_dim = self._init_target(target, norm_pix_loss, pca_dim, patch_size ** 2 * in_chans)
@@ -173,7 +176,7 @@ class MaskedAutoencoderViT(VisionTransformer):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         for blk in self.blocks:
-            x = blk(x)
+            x = self.run_block(blk, x)
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -186,7 +189,7 @@ class MaskedAutoencoderViT(VisionTransformer):
             x = torch.cat([x[:, :1], x_], dim=1)
         x = x + self.decoder_pos_embed
         for blk in self.decoder_blocks:
-            x = blk(x)
+            x = self.run_block(blk, x)
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:]
 

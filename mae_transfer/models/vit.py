@@ -19,6 +19,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from timm.layers import DropPath, gen_relative_position_index, trunc_normal_
 
 from .pos_embed import get_2d_sincos_pos_embed, resample_abs_pos_embed
@@ -222,7 +223,8 @@ def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int,
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     hp, wp = h + pad_h, w + pad_w
     x = x.view(B, hp // ws, ws, wp // ws, ws, D).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, ws, ws, D), (hp, wp)
+    # contiguous: at batch 1 with one row of windows the reshape is a strided view, and Block.forward .view()s it
+    return x.reshape(-1, ws, ws, D).contiguous(), (hp, wp)
 
 
 def window_unpartition(windows: torch.Tensor, ws: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
@@ -309,6 +311,10 @@ class VisionTransformer(nn.Module):
             for (default ``img_size // patch_size``). ViTDet sizes them for the detection input (64x64 at
             1024 px) while ``pos_embed`` keeps the pretraining grid (14x14) and is resampled on the fly.
         final_norm: apply ``norm`` after the last block in :meth:`forward_features`.
+        grad_checkpointing: recompute each block's activations in the backward pass instead of keeping
+            them (``torch.utils.checkpoint``, non-reentrant), trading one more forward for activation
+            memory; only in training mode with grad enabled. Outputs and gradients are unchanged (the RNG of
+            drop path / dropout is replayed). Settable later with :meth:`set_grad_checkpointing`.
     """
 
     def __init__(self, img_size=224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
@@ -318,7 +324,7 @@ class VisionTransformer(nn.Module):
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, init_values: float | None = None,
                  window_size: int = 0, global_blocks: Sequence[int] = (), rel_pos: str | None = None,
                  rel_pos_zero_init: bool = True, rel_pos_size=None, final_norm: bool = True,
-                 norm_layer=partial(nn.LayerNorm, eps=1e-6)):
+                 norm_layer=partial(nn.LayerNorm, eps=1e-6), grad_checkpointing: bool = False):
         super().__init__()
         if global_pool not in ("token", "avg", ""):
             raise ValueError(f"VisionTransformer: global_pool must be 'token', 'avg' or '', got {global_pool!r}")
@@ -334,6 +340,7 @@ class VisionTransformer(nn.Module):
         self.global_pool = global_pool
         self.num_classes = num_classes
         self.num_prefix_tokens = 1 if class_token else 0
+        self.grad_checkpointing = bool(grad_checkpointing)
         self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
 
@@ -382,7 +389,21 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Turn per-block activation checkpointing on or off (timm's name for it)."""
+        self.grad_checkpointing = bool(enable)
+
     # ---- forward ----------------------------------------------------------------------------------
+    def run_block(self, blk: nn.Module, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """``blk(x, hw)``, checkpointed when ``grad_checkpointing`` is on, training and grad enabled.
+
+        Non-reentrant, so it composes with autocast (its state is replayed), inputs that do not require
+        grad (the first block under a frozen patch embed) and DDP's unused-parameter search."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(blk, x, hw, use_reentrant=False)
+        return blk(x, hw)
+
     def abs_pos_embed(self, hw: tuple[int, int]) -> torch.Tensor | None:
         """Patch position embeddings for grid ``hw``, ``(1, h*w, D)``, resampled if needed."""
         if self.pos_embed is None:
@@ -409,7 +430,7 @@ class VisionTransformer(nn.Module):
         """Images ``(B, C, H, W)`` -> normalised tokens ``(B, prefix + h*w, D)``."""
         x, hw = self.prepare_tokens(x)
         for blk in self.blocks:
-            x = blk(x, hw)
+            x = self.run_block(blk, x, hw)
         return self.norm(x)
 
     def forward_feature_maps(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
@@ -421,7 +442,7 @@ class VisionTransformer(nn.Module):
         x, hw = self.prepare_tokens(x)
         out = {}
         for i, blk in enumerate(self.blocks[: idx[-1] + 1]):
-            x = blk(x, hw)
+            x = self.run_block(blk, x, hw)
             if i in idx:
                 t = x[:, self.num_prefix_tokens:]
                 out[i] = t.transpose(1, 2).reshape(x.shape[0], -1, hw[0], hw[1])

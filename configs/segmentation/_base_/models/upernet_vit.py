@@ -25,6 +25,7 @@ model = dict(
         rel_pos='bias',               # BEiT relative position bias, zero init (MAE paper A.4)
         init_values=1.0,              # layer scale at 1.0, as mmseg's MAE ADE20K config
         pos_embed='learned',
+        grad_checkpointing=False,     # True: recompute block activations in backward (less memory, ~1 more forward)
         pretrained=None),             # set by tools/train_seg.py --weights
     # x4, x2, x1, x1/2 of the 1/16 token grid -> strides 4, 8, 16, 32
     neck=dict(type='Feature2Pyramid', embed_dim=768, rescales=[4, 2, 1, 0.5], norm_cfg=norm_cfg),
