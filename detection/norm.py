@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mae_transfer.common import ConfigError
-from mae_transfer.data.norm_stats import checkpoint_norm_stats, framework_norm
+from mae_transfer.data.norm_stats import checkpoint_norm_stats, checkpoint_source, framework_norm, pick_norm_source
 
 __all__ = ["apply_checkpoint_norm"]
 
@@ -62,21 +62,14 @@ def apply_checkpoint_norm(cfg, weights: str | None, opts: list[str], *, reuse_ru
             raise ConfigError(f"--weights {weights}: normalisation statistics do not fit the detector ({e}); "
                               f"set model.pixel_mean=[...] model.pixel_std=[...]") from None
         values = {"pixel_mean": mean, "pixel_std": std}
-        source = f"the checkpoint {weights} (norm_stats: {stats['source'] or 'stored'})"
+        source = checkpoint_source(weights, stats)
     elif reuse_run:
         values = _saved_run_stats(Path(cfg.train.output_dir))
         source = f"the run's {Path(cfg.train.output_dir) / 'config.yaml'}" if values else None
-    sources = {}
+    sources, src = pick_norm_source({k.removeprefix("pixel_") for k in user}, source)
     for key in _KEYS:
-        if key in user:
-            sources[key] = "the command line"
-        elif values is not None:
+        if sources[key.removeprefix("pixel_")] == source and values is not None:
             setattr(cfg.model, key, values[key])
-            sources[key] = source
-        else:
-            sources[key] = "the config"
-    src = sources["pixel_mean"] if len(set(sources.values())) == 1 else \
-        f"mean: {sources['pixel_mean']}; std: {sources['pixel_std']}"
     cfg.train.norm_stats = {"pixel_mean": list(cfg.model.pixel_mean), "pixel_std": list(cfg.model.pixel_std),
                             "source": src}
     return (f"normalisation (0-255 units) from {src}: pixel_mean {list(cfg.model.pixel_mean)} "

@@ -177,7 +177,8 @@ def _load_sharded_safetensors(index: Path, map_location) -> dict:
     the index), merged as ``{"model": tensors, "metadata": the index's metadata}``. Every key of the map
     must be in its shard; a missing or unreadable shard, or a malformed index, is an error naming it."""
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        header = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = header["weight_map"]
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError("'weight_map' is not a non-empty mapping")
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -193,7 +194,7 @@ def _load_sharded_safetensors(index: Path, map_location) -> dict:
     if missing:
         raise CheckpointError(f"sharded checkpoint {str(index)!r}: {len(missing)} key(s) of its weight_map not in "
                               f"their shards: {_short_list(missing)}")
-    metadata = json.loads(index.read_text(encoding="utf-8")).get("metadata") or {}
+    metadata = header.get("metadata") or {}
     return {"model": tensors, "metadata": {str(k): str(v) for k, v in metadata.items()}}
 
 

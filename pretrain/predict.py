@@ -24,6 +24,7 @@ from mae_transfer.data.datasets import (FASHION_MNIST_MEAN, FASHION_MNIST_STD, P
                                         is_fashion_mnist_dir)
 from mae_transfer.data.fashion_mnist import DataError
 from mae_transfer.data.images import image_array, match_channels, read_image
+from mae_transfer.data.norm_stats import expand_channels, stored_norm_stats
 from mae_transfer.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mae_transfer.models.mae import MaskedAutoencoderViT
 from mae_transfer.models.masking import mask_noise
@@ -42,10 +43,9 @@ def training_norm_stats(ckpt: dict) -> tuple[tuple, tuple, str]:
     ``norm_stats`` chose them: the checkpoint's ``norm_stats`` (what every checkpoint of ``pretrain/run.py``
     stores), else statistics stored in the checkpoint (top level or config), else those of
     the built-in dataset it was trained on, else ImageNet's (an image folder without given statistics)."""
-    stored = ckpt.get("norm_stats")
-    if isinstance(stored, dict) and stored.get("mean") and stored.get("std"):
-        return (tuple(map(float, stored["mean"])), tuple(map(float, stored["std"])),
-                f"the checkpoint (norm_stats: {stored.get('source') or 'stored'})")
+    stored = stored_norm_stats(ckpt)
+    if stored is not None:
+        return stored["mean"], stored["std"], f"the checkpoint (norm_stats: {stored['source'] or 'stored'})"
     cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     for src in (ckpt, cfg):
         if src.get("mean") and src.get("std"):
@@ -91,11 +91,10 @@ class MAEPredictor:
         self.sampling = str(cfg.get("mask_sampling") or "random")
         self.channels = int(kwargs.get("in_chans", 3))
         self.mean, self.std, self.stats_from = training_norm_stats(ckpt)
-        if len(self.mean) == 1 and self.channels != 1:  # grey statistics stand for every channel
-            self.mean, self.std = self.mean * self.channels, self.std * self.channels
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise CheckpointError(f"{weights}: normalisation statistics for {len(self.mean)} channel(s), the "
-                                  f"model reads {self.channels}")
+        try:
+            self.mean, self.std = expand_channels(self.mean, self.std, self.channels)
+        except ValueError as e:
+            raise CheckpointError(f"{weights}: normalisation {e}") from None
         self.rng = np.random.default_rng(seed)
         self.device, self.weights, self.count = device, str(weights), 0
         logger.info(f"MAE {kwargs.get('embed_dim')}-d x {kwargs.get('depth')} at {self.model.img_size}px, mask "

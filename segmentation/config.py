@@ -179,30 +179,27 @@ def _apply_checkpoint_norm(cfg, options: list[str]):
     """A pretrained checkpoint of ours brings the statistics its encoder was trained with (``norm_stats``):
     they replace the config's ``model.data_preprocessor`` mean / std (0-255 units) unless ``--cfg-options``
     sets them; the choice is logged and kept as ``cfg.norm_stats`` (in the config mmengine dumps)."""
-    from mae_transfer.data.norm_stats import checkpoint_norm_stats, framework_norm
+    from mae_transfer.data.norm_stats import (checkpoint_norm_stats, checkpoint_source, framework_norm,
+                                              pick_norm_source)
 
     pre = cfg.model.data_preprocessor
     weights = cfg.model.backbone.get("pretrained")
     user = {k for k in ("mean", "std") for o in options
             if o.split("=", 1)[0].strip() == f"model.data_preprocessor.{k}"}
     stats = checkpoint_norm_stats(weights) if weights else None
-    sources = {}
+    source = None
     if stats is not None:
         try:
-            mean, std = framework_norm(stats, len(pre.mean))
+            values = dict(zip(("mean", "std"), framework_norm(stats, len(pre.mean))))
         except ValueError as e:
             raise ConfigError(f"--weights {weights}: normalisation statistics do not fit the model ({e}); set "
                               f"--cfg-options model.data_preprocessor.mean=[...] model.data_preprocessor.std=[...]"
                               ) from None
+        source = checkpoint_source(weights, stats)
+    sources, src = pick_norm_source(user, source)
     for key in ("mean", "std"):
-        if key in user:
-            sources[key] = "the command line"
-        elif stats is not None:
-            pre[key] = mean if key == "mean" else std
-            sources[key] = f"the checkpoint {weights} (norm_stats: {stats['source'] or 'stored'})"
-        else:
-            sources[key] = "the config"
-    src = sources["mean"] if sources["mean"] == sources["std"] else f"mean: {sources['mean']}; std: {sources['std']}"
+        if source is not None and sources[key] == source:
+            pre[key] = values[key]
     cfg.norm_stats = dict(mean=list(pre.mean), std=list(pre.std), source=src)
     logger.warning("normalisation (0-255 units) from %s: mean %s std %s", src, list(pre.mean), list(pre.std))
 

@@ -29,8 +29,8 @@ from .images import image_array
 
 logger = logging.getLogger("mae_transfer")
 
-__all__ = ["MAX_IMAGES", "compute_norm_stats", "folder_norm_stats", "stats_cache_path", "checkpoint_norm_stats",
-           "framework_norm"]
+__all__ = ["MAX_IMAGES", "compute_norm_stats", "folder_norm_stats", "stats_cache_path", "stored_norm_stats",
+           "checkpoint_norm_stats", "expand_channels", "framework_norm", "pick_norm_source", "checkpoint_source"]
 
 MAX_IMAGES = 2000  # images the statistics are measured on (a sample of larger folders)
 _VERSION = 1       # bump when the rule above changes: old cache files are then ignored
@@ -108,28 +108,56 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
 
 
-def checkpoint_norm_stats(path: str | os.PathLike) -> dict | None:
-    """The statistics a checkpoint of ours was trained with: its ``norm_stats`` entry as
-    ``{"mean": (C,), "std": (C,), "source": str}`` (values in [0, 1] units, as ``pretrain/run.py`` and the
-    classification runs store them), or ``None`` for a checkpoint without one (the official MAE release,
-    timm, Hugging Face, detectors). Read through the one ``weights_only`` loader."""
-    from ..checkpoint import load_file
-
-    stored = load_file(path).get("norm_stats")
+def stored_norm_stats(ckpt: dict) -> dict | None:
+    """A loaded checkpoint's ``norm_stats`` entry as ``{"mean": (C,), "std": (C,), "source": str}`` (values
+    in [0, 1] units, as ``pretrain/run.py`` and the classification runs store them), or ``None`` where it
+    has none (the official MAE release, timm, Hugging Face, detectors)."""
+    stored = ckpt.get("norm_stats")
     if not isinstance(stored, dict) or not stored.get("mean") or not stored.get("std"):
         return None
     return {"mean": tuple(float(v) for v in stored["mean"]), "std": tuple(float(v) for v in stored["std"]),
             "source": str(stored.get("source") or "")}
 
 
-def framework_norm(stats: dict, channels: int, scale: float = 255.0) -> tuple[list[float], list[float]]:
-    """``stats`` (see :func:`checkpoint_norm_stats`) as a framework's per-channel ``(mean, std)`` for
-    ``channels``-channel inputs in ``0..scale`` units (detectron2's ``pixel_mean`` and mmseg's
-    ``data_preprocessor.mean`` are in 0-255). Grey statistics (one channel) stand for every channel: a
-    grey image read as RGB has R = G = B. Raises ``ValueError`` naming both counts for any other mismatch."""
-    mean, std = tuple(stats["mean"]), tuple(stats["std"])
-    if len(mean) == 1 and channels != 1:
+def checkpoint_norm_stats(path: str | os.PathLike) -> dict | None:
+    """:func:`stored_norm_stats` of the checkpoint file ``path``, read through the one ``weights_only``
+    loader."""
+    from ..checkpoint import load_file
+
+    return stored_norm_stats(load_file(path))
+
+
+def expand_channels(mean: tuple, std: tuple, channels: int) -> tuple[tuple, tuple]:
+    """Per-channel ``(mean, std)`` for ``channels``-channel inputs: grey statistics (one channel) stand for
+    every channel, as a grey image read as RGB has R = G = B. Raises ``ValueError`` naming both counts for
+    any other mismatch."""
+    mean, std = tuple(mean), tuple(std)
+    n = len(mean)
+    if n == 1 and channels != 1:
         mean, std = mean * channels, std * channels
     if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"statistics for {len(stats['mean'])} channel(s), the model reads {channels}")
+        raise ValueError(f"statistics for {n} channel(s), the model reads {channels}")
+    return mean, std
+
+
+def framework_norm(stats: dict, channels: int, scale: float = 255.0) -> tuple[list[float], list[float]]:
+    """``stats`` (see :func:`stored_norm_stats`) as a framework's per-channel ``(mean, std)`` for
+    ``channels``-channel inputs in ``0..scale`` units (detectron2's ``pixel_mean`` and mmseg's
+    ``data_preprocessor.mean`` are in 0-255), channels as :func:`expand_channels`."""
+    mean, std = expand_channels(stats["mean"], stats["std"], channels)
     return [round(scale * v, 4) for v in mean], [round(scale * v, 4) for v in std]
+
+
+def pick_norm_source(user_set: set[str], found: str | None) -> tuple[dict[str, str], str]:
+    """Where a transfer run's ``mean`` and ``std`` come from: the command line for the keys in
+    ``user_set``, else ``found`` (statistics a checkpoint or run brought, described), else the config.
+    Returns ``({"mean": source, "std": source}, one line for both)``."""
+    sources = {k: "the command line" if k in user_set else (found or "the config") for k in ("mean", "std")}
+    line = sources["mean"] if sources["mean"] == sources["std"] else \
+        f"mean: {sources['mean']}; std: {sources['std']}"
+    return sources, line
+
+
+def checkpoint_source(weights, stats: dict) -> str:
+    """How a log line names statistics that ``weights`` brought."""
+    return f"the checkpoint {weights} (norm_stats: {stats['source'] or 'stored'})"
