@@ -5,6 +5,8 @@ sizes suggested when an ``--img-size`` does not work.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -13,7 +15,7 @@ from typing import IO, Callable
 
 import torch.nn as nn
 
-__all__ = ["ConfigError", "atomic_write", "write_json", "is_random_init", "find_config", "find_submodule",
+__all__ = ["ConfigError", "atomic_write", "file_lock", "usable_cpus", "write_json", "is_random_init", "find_config", "find_submodule",
            "encoder_depth", "sizes_that_work", "check_override_value", "disk_full_message"]
 
 
@@ -50,6 +52,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary
             os.unlink(tmp)
         raise
     return path
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` counts the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """Hold an exclusive ``flock`` on ``path`` (created, folder too) for the ``with`` block: processes that
+    would build the same cache (the demo's two pretrainings, its detection and segmentation cells) build it
+    once, the others wait and then read it. The lock goes with the process, so a killed holder frees it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_json(obj, path: str | os.PathLike, *, indent: int | None = 1, allow_nan: bool = True) -> Path:

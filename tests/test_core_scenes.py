@@ -91,3 +91,40 @@ def test_photos_show_one_item_on_a_background():
         img, sem, inst = scenes.render_scene(np.random.default_rng([0, 7, i]), items[i:i + 1], labels[i:i + 1], 32,
                                              num_items=(1, 1), item_size=(22, 32))
         assert (img == a[i]).all() and len(inst) == 1 and inst[0][0] == labels[i] and 0.05 < (sem > 0).mean() < 0.95
+
+
+def test_photos_render_the_same_in_worker_processes():
+    """The demo renders its 70k photos on every core: image i comes from its own generator, so the pixels do
+    not depend on how the work is split."""
+    from mae_transfer.data.scenes import render_photos
+
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    items[:, :4], items[:, -4:] = 0, 0
+    labels = np.arange(10) % 10
+    one = render_photos(items, labels, progress=False)
+    two = render_photos(items, labels, progress=False, workers=2, chunk=3)
+    assert one.shape == (10, 32, 32, 3) and np.array_equal(one, two)
+
+
+def test_file_lock_lets_one_holder_in_at_a_time(tmp_path):
+    import threading
+
+    from mae_transfer.common import file_lock
+
+    order, held = [], threading.Event()
+
+    def first():
+        with file_lock(tmp_path / "x.lock"):
+            held.set()
+            order.append("first in")
+            threading.Event().wait(0.3)  # the second must not enter meanwhile
+            order.append("first out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait()
+    with file_lock(tmp_path / "x.lock"):
+        order.append("second in")
+    t.join()
+    assert order == ["first in", "first out", "second in"]

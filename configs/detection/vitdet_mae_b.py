@@ -68,3 +68,6 @@ optimizer.lr = 1e-4
 optimizer.weight_decay = 0.1
 optimizer.params.lr_factor_func = partial(vit_lr_factor, depth=12, layer_decay=0.7)
 optimizer.params.overrides = {"pos_embed": {"weight_decay": 0.0}}
+# fused: one kernel for all of a group's tensors (CPU and CUDA), the same AdamW update; on the CPU
+# the optimizer step of the demo's detector took 2.9 ms instead of 12.7 ms (docs/experiments.md).
+optimizer.fused = True

@@ -77,7 +77,7 @@ model = dict(
 max_iters = 120
 # fp32 on CPU; the short schedule takes a 10x larger lr than the 160k-iteration recipe
 optim_wrapper = dict(_delete_=True, type='OptimWrapper',
-                     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
+                     optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05, fused=True),
                      constructor='ViTLayerDecayOptimizerConstructor', paramwise_cfg=dict(layer_decay=0.65))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=10),

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..common import atomic_write
+from ..common import atomic_write, file_lock, usable_cpus
 from .fashion_mnist import CLASSES as FASHION_CLASSES
 from .fashion_mnist import DEFAULT_ROOT as FASHION_ROOT
 from .fashion_mnist import DataError, load_fashion_mnist
@@ -88,7 +88,7 @@ class FashionMNISTPhotos(Dataset):
     black is what makes the transfer to the scenes an ImageNet -> COCO analogue: same kind of pixels, one
     object per image upstream, several smaller ones downstream.
 
-    Rendered once (about 35 s for the 70k on 2 cores) and cached as
+    Rendered once, by one process on every usable core (concurrent callers wait for it), and cached as
     ``$MAE_DATA_DIR/fashion-mnist-photos-32px-seedS[-<hash of root>]/{train,test}.npz`` (default
     ``output/data``), written atomically.
 
@@ -111,10 +111,11 @@ class FashionMNISTPhotos(Dataset):
         if root is not None and Path(root).resolve() != FASHION_ROOT.resolve():  # other source images
             name += "-" + hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:8]
         cache = data_dir() / name / f"{split}.npz"
-        if not cache.is_file():
-            items, labels = load_fashion_mnist(split, root)
-            images = render_photos(items, labels, self.size, seed)
-            atomic_write(cache, lambda f: np.savez(f, images=images, labels=labels))
+        with file_lock(cache.parent / f".{split}.lock"):  # one process renders, on every core; the rest wait
+            if not cache.is_file():
+                items, labels = load_fashion_mnist(split, root)
+                images = render_photos(items, labels, self.size, seed, workers=usable_cpus())
+                atomic_write(cache, lambda f: np.savez(f, images=images, labels=labels))
         try:
             with np.load(cache) as f:
                 self.images, self.labels = f["images"], f["labels"]

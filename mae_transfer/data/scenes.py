@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..common import file_lock
 from .fashion_mnist import CLASSES, load_fashion_mnist
 
 SPLITS = {"training": "train", "validation": "test"}  # scene split -> Fashion-MNIST split
@@ -221,19 +222,46 @@ def ensure_scenes(root: str | os.PathLike | None = None, num_train: int = 2000, 
     set made with the same parameters."""
     root = Path(root) if root is not None else default_scenes_root(num_train, num_val, image_size, seed,
                                                                      num_items, item_size)
-    if _matches(root, _params(num_train, num_val, image_size, seed, num_items, item_size)):
+    params = _params(num_train, num_val, image_size, seed, num_items, item_size)
+    if _matches(root, params):
         return root
-    return generate_scenes(root, num_train, num_val, image_size, seed, tuple(num_items), tuple(item_size), **kwargs)
+    with file_lock(root.parent / f".{root.name}.lock"):  # concurrent cells: one renders, the others wait
+        if _matches(root, params):
+            return root
+        return generate_scenes(root, num_train, num_val, image_size, seed, tuple(num_items), tuple(item_size),
+                               **kwargs)
+
+
+def _render_photo_chunk(args) -> tuple[int, np.ndarray]:
+    items, labels, start, size, seed, item_size = args
+    out = np.empty((len(items), size, size, 3), dtype=np.uint8)
+    for j in range(len(items)):
+        out[j], _, _ = render_scene(np.random.default_rng([seed, 7, start + j]), items[j:j + 1], labels[j:j + 1],
+                                    size, num_items=(1, 1), item_size=item_size)
+    return start, out
 
 
 def render_photos(items: np.ndarray, labels: np.ndarray, size: int = 32, seed: int = 0,
-                  item_size: tuple[int, int] = (22, 32), progress: bool = True) -> np.ndarray:
+                  item_size: tuple[int, int] = (22, 32), progress: bool = True, workers: int = 1,
+                  chunk: int = 2000) -> np.ndarray:
     """Object-centric "product photos", the built-in stand-in for ImageNet: each item alone, tinted, on a
     scene background (same renderer as the scenes). Returns (N, size, size, 3) uint8, image i from its own
-    generator ``(seed, i)``."""
+    generator ``(seed, i)``, so ``workers`` > 1 processes (forked: numpy and PIL work only) give the same
+    pixels as one; each renders ``chunk`` images at a time."""
     out = np.empty((len(items), size, size, 3), dtype=np.uint8)
-    for i in tqdm(range(len(items)), desc=f"photos {size}px", disable=not progress, leave=False):
-        img, _, _ = render_scene(np.random.default_rng([seed, 7, i]), items[i:i + 1], labels[i:i + 1], size,
-                                 num_items=(1, 1), item_size=item_size)
-        out[i] = img
+    jobs = [(items[a:a + chunk], labels[a:a + chunk], a, size, seed, item_size) for a in range(0, len(items), chunk)]
+    bar = tqdm(total=len(items), desc=f"photos {size}px", disable=not progress, leave=False)
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            for start, chunk in pool.imap_unordered(_render_photo_chunk, jobs):
+                out[start:start + len(chunk)] = chunk
+                bar.update(len(chunk))
+    else:
+        for job in jobs:
+            start, chunk = _render_photo_chunk(job)
+            out[start:start + len(chunk)] = chunk
+            bar.update(len(chunk))
+    bar.close()
     return out
