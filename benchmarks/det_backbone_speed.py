@@ -91,7 +91,14 @@ def run_cpu_child(which: str, args) -> dict:
         times.append(time.perf_counter() - t)
         model.zero_grad(set_to_none=True)
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    return {"times": times, "peak_mib": peak}
+    return {"times": times, "peak_mib": peak, "forms": attention_forms()}
+
+
+def attention_forms() -> dict[str, str]:
+    """The attention form ``attn_form="auto"`` measured faster, per (batch x windows, heads, tokens, C)."""
+    from mae_transfer.models.vit import _FORM_CHOICE
+
+    return {"x".join(map(str, k[2])) + ("" if k[-1] else " no-grad"): v for k, v in _FORM_CHOICE.items()}
 
 
 def measure_cuda(args) -> dict:
@@ -114,6 +121,7 @@ def measure_cuda(args) -> dict:
         step()
         m.zero_grad(set_to_none=True)
         res[w] = {"times": times[w], "peak_mib": (torch.cuda.max_memory_allocated() - base) / 2 ** 20}
+    res["ours"]["forms"] = attention_forms()
     return res
 
 
@@ -130,6 +138,7 @@ def measure_cpu(args) -> dict:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             res[w]["times"] += r["times"]
             res[w]["peak_mib"] = max(res[w]["peak_mib"], r["peak_mib"])
+            res[w]["forms"] = r["forms"]
     return res
 
 
@@ -164,6 +173,7 @@ def main():
     tr = statistics.median(res["ours"]["times"]) / statistics.median(res["d2"]["times"])
     mr = res["ours"]["peak_mib"] / max(res["d2"]["peak_mib"], 1e-9)
     print(f"ratio ours / detectron2: time {tr:.3f}, peak memory {mr:.3f}")
+    print("our attention forms (auto, measured): " + ", ".join(f"{k}: {v}" for k, v in res["ours"]["forms"].items()))
 
 
 if __name__ == "__main__":
