@@ -186,6 +186,8 @@ def main():
     tr = statistics.median(res["ours"]["times"]) / statistics.median(res["d2"]["times"])
     mr = res["ours"]["peak_mib"] / max(res["d2"]["peak_mib"], 1e-9)
     print(f"ratio ours / detectron2: time {tr:.3f}, peak memory {mr:.3f}")
+    print("step times (s), in order: " + "; ".join(
+        f"{w}: " + " ".join(f"{t:.2f}" for t in res[w]["times"]) for w in ("ours", "d2")))
     print("our attention forms (auto, measured): " + ", ".join(f"{k}: {v}" for k, v in res["ours"]["forms"].items()))
 
 

@@ -163,9 +163,10 @@ def pick_attention_form(key: tuple, run, q: torch.Tensor, k: torch.Tensor, v: to
 
     Neither form wins everywhere: on a GPU SDPA's fused kernels do (no (N, N) tensor in memory), on a CPU
     the explicit matmul + softmax is faster at some shapes (SDPA with a dense bias, or the widened heads
-    of the folded relative position). ``run(form, q, k, v)`` computes the attention; with grad enabled
-    forward + backward are timed (gradients only for the stand-ins, never into the parameters). Each form
-    once to warm up, then ``repeats`` interleaved calls, the fastest kept."""
+    of the folded relative position). ``run(form, q, k, v)`` computes the attention without dropout (the
+    probe draws no random numbers, so a run's RNG stream is the same whether it probed or not); with grad
+    enabled forward + backward are timed (gradients only for the stand-ins, never into the parameters).
+    Each form once to warm up, then ``repeats`` interleaved calls, the fastest kept."""
     import time
 
     if key in _FORM_CHOICE:
@@ -174,16 +175,19 @@ def pick_attention_form(key: tuple, run, q: torch.Tensor, k: torch.Tensor, v: to
     ins = [t.detach().clone().requires_grad_(grad) for t in (q, k, v)]
     sync = torch.cuda.synchronize if q.device.type == "cuda" else (lambda: None)
     best = {}
-    for r in range(repeats + 1):
-        for form in ("sdpa", "explicit") if r % 2 else ("explicit", "sdpa"):
-            sync()
-            t0 = time.perf_counter()
-            out = run(form, *ins)
-            if grad:
-                torch.autograd.grad(out.float().sum(), ins)
-            sync()
-            if r:
-                best[form] = min(best.get(form, float("inf")), time.perf_counter() - t0)
+    # identity hooks: inside a checkpointed block (grad_checkpointing) the probe's own saved tensors must
+    # not enter the checkpoint's bookkeeping, which the recomputation (no probe then) replays
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        for r in range(repeats + 1):
+            for form in ("sdpa", "explicit") if r % 2 else ("explicit", "sdpa"):
+                sync()
+                t0 = time.perf_counter()
+                out = run(form, *ins)
+                if grad:
+                    torch.autograd.grad(out.float().sum(), ins)
+                sync()
+                if r:
+                    best[form] = min(best.get(form, float("inf")), time.perf_counter() - t0)
     _FORM_CHOICE[key] = min(best, key=best.get)
     return _FORM_CHOICE[key]
 
@@ -274,10 +278,11 @@ class Attention(nn.Module):
         N = index.shape[0]
         return table[index.reshape(-1)].reshape(N, N, -1).permute(2, 0, 1).unsqueeze(0)
 
-    def _attend_as(self, form: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw, bias) -> torch.Tensor:
+    def _attend_as(self, form: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw, bias,
+                   p: float) -> torch.Tensor:
         """Attention of (B, heads, N, C) q, k, v in ``form`` ("sdpa" or "explicit"), with this module's
-        relative position; ``bias`` is the BEiT bias for this grid (or None). Returns (B, heads, N, C)."""
-        p = self.attn_drop if self.training else 0.0
+        relative position; ``bias`` is the BEiT bias for this grid (or None), ``p`` the attention dropout.
+        Returns (B, heads, N, C)."""
         if form == "explicit":
             rel = (decomposed_rel_terms(q, self.rel_pos_h, self.rel_pos_w, hw)
                    if self.rel_pos == "decomposed" else None)
@@ -299,9 +304,9 @@ class Attention(nn.Module):
                 grad = torch.is_grad_enabled() and (q.requires_grad or bias is not None and bias.requires_grad)
                 key = (str(q.device), q.dtype, tuple(q.shape), self.rel_pos, tuple(hw), grad)
                 fixed = None if bias is None else bias.detach()
-                form = pick_attention_form(key, lambda f, q_, k_, v_: self._attend_as(f, q_, k_, v_, hw, fixed),
+                form = pick_attention_form(key, lambda f, q_, k_, v_: self._attend_as(f, q_, k_, v_, hw, fixed, 0.0),
                                            q, k, v)
-        return self._attend_as(form, q, k, v, hw, bias)
+        return self._attend_as(form, q, k, v, hw, bias, self.attn_drop if self.training else 0.0)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         """x: (B, N, D); hw: the token grid of x without prefix tokens (needed with rel_pos)."""
