@@ -115,7 +115,10 @@ def interleaved(args) -> dict:
 
     torch.set_num_threads(args.threads) if args.threads else None
     dev = torch.device(args.device)
-    models = dict(zip(("ours", "mmseg"), (m.to(dev).train() for m in build_pair(args.arch, args.img_size))))
+    models = dict(zip(("ours", "mmseg"), build_pair(args.arch, args.img_size)))
+    for m in models.values():
+        m.to(dev)
+        m.train()  # not chained: mmseg's backbones' train() returns None
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=dev)
 
