@@ -327,12 +327,10 @@ class Attention(nn.Module):
         nh, C = self.num_heads, self.head_dim
         qkv = self.qkv(x)
         pad_h, pad_w = (-h) % ws, (-w) % ws
-        if pad_h or pad_w:
-            qkv = F.pad(qkv, (0, 0, 0, pad_w, 0, pad_h))
-            if self.qkv.bias is not None:
-                is_pad = torch.ones(h + pad_h, w + pad_w, 1, dtype=torch.bool, device=x.device)
-                is_pad[:h, :w] = False
-                qkv = torch.where(is_pad, self.qkv.bias.to(qkv.dtype), qkv)
+        if pad_h or pad_w:  # concatenated, not padded + masked: its backward only slices
+            b = self.qkv.bias.to(qkv.dtype) if self.qkv.bias is not None else qkv.new_zeros(3 * D)
+            qkv = torch.cat([qkv, b.expand(B, h, pad_w, 3 * D)], dim=2)
+            qkv = torch.cat([qkv, b.expand(B, pad_h, w + pad_w, 3 * D)], dim=1)
         nH, nW = (h + pad_h) // ws, (w + pad_w) // ws
         q, k, v = (qkv.view(B, nH, ws, nW, ws, 3, nh, C).permute(5, 0, 1, 3, 6, 2, 4, 7)
                    .reshape(3, B * nH * nW, nh, ws * ws, C).unbind(0))
