@@ -13,6 +13,7 @@ Shapes: images ``(B, C, H, W)``; tokens ``(B, N, D)`` with ``N = num_prefix_toke
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Sequence
 
@@ -153,7 +154,6 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
     return attn @ v
 
 
-ATTENTION_FORMS = ("auto", "sdpa", "explicit")
 _FORM_CHOICE: dict[tuple, str] = {}  # (device, dtype, shape, kind, grad) -> the measured faster form
 
 
@@ -167,8 +167,6 @@ def pick_attention_form(key: tuple, run, q: torch.Tensor, k: torch.Tensor, v: to
     probe draws no random numbers, so a run's RNG stream is the same whether it probed or not); with grad
     enabled forward + backward are timed (gradients only for the stand-ins, never into the parameters).
     Each form once to warm up, then ``repeats`` interleaved calls, the fastest kept."""
-    import time
-
     if key in _FORM_CHOICE:
         return _FORM_CHOICE[key]
     grad = key[-1]
