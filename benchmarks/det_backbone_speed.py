@@ -8,10 +8,11 @@ same weights. Forward + backward of the backbone (sum of the output as the loss)
     python benchmarks/det_backbone_speed.py --device cuda --precision bf16 --model large --img-size 1024 --batch 2
 
 Prints one table with both backbones and the ratios ours / detectron2 (time < 1: ours faster; memory < 1:
-ours lighter). Steps of the two backbones alternate, and the median is reported, so load from other
-processes affects both alike. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above the
-weights during a step; on CPU the growth of the process's peak RSS from before the first step, each
-backbone measured in a fresh child process (CPU peak RSS cannot be reset within a process).
+ours lighter). Steps of the two backbones alternate in one process, and the median is reported, so load
+from other processes affects both alike. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` above
+the weights during a step; on CPU only with ``--rss``: the growth of the process's peak RSS from before
+the first step, each backbone timed and measured in fresh child processes, alternating (CPU peak RSS
+cannot be reset within a process; the ratio of such runs is more exposed to load changes).
 """
 
 from __future__ import annotations
@@ -91,22 +92,38 @@ def run_cpu_child(which: str, args) -> dict:
         times.append(time.perf_counter() - t)
         model.zero_grad(set_to_none=True)
     peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    return {"times": times, "peak_mib": peak}
+    return {"times": times, "peak_mib": peak, "forms": attention_forms()}
 
 
-def measure_cuda(args) -> dict:
+def attention_forms() -> dict[str, str]:
+    """The attention form ``attn_form="auto"`` measured faster, per (batch x windows, heads, tokens, C)."""
+    from mae_transfer.models.vit import _FORM_CHOICE
+
+    return {"x".join(map(str, k[2])) + ("" if k[-1] else " no-grad"): v for k, v in _FORM_CHOICE.items()}
+
+
+def measure_interleaved(args) -> dict:
+    """Both backbones in this process, steps alternating (the order flips every step), so that load from
+    other processes hits both alike; on CUDA also the peak memory of one step each (on CPU: not measured
+    here, see ``--rss``)."""
     res = {}
     prepared = {w: prepare(w, args) for w in ("ours", "d2")}
     for w, (m, step) in prepared.items():
         step()
         m.zero_grad(set_to_none=True)
     times = {w: [] for w in prepared}
-    for _ in range(args.steps):
-        for w, (m, step) in prepared.items():
+    order = list(prepared)
+    for i in range(args.steps):
+        for w in order if i % 2 == 0 else order[::-1]:
+            m, step = prepared[w]
             t = time.perf_counter()
             step()
             times[w].append(time.perf_counter() - t)
             m.zero_grad(set_to_none=True)
+    if not args.device.startswith("cuda"):
+        res = {w: {"times": times[w], "peak_mib": float("nan")} for w in prepared}
+        res["ours"]["forms"] = attention_forms()
+        return res
     for w, (m, step) in prepared.items():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -114,6 +131,7 @@ def measure_cuda(args) -> dict:
         step()
         m.zero_grad(set_to_none=True)
         res[w] = {"times": times[w], "peak_mib": (torch.cuda.max_memory_allocated() - base) / 2 ** 20}
+    res["ours"]["forms"] = attention_forms()
     return res
 
 
@@ -130,6 +148,7 @@ def measure_cpu(args) -> dict:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             res[w]["times"] += r["times"]
             res[w]["peak_mib"] = max(res[w]["peak_mib"], r["peak_mib"])
+            res[w]["forms"] = r["forms"]
     return res
 
 
@@ -139,7 +158,10 @@ def main():
     p.add_argument("--img-size", type=int, default=128, help="square input side in pixels")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=3, help="timed steps per backbone (per round on CPU)")
-    p.add_argument("--rounds", type=int, default=2, help="CPU: alternating child-process rounds")
+    p.add_argument("--rss", action="store_true",
+                   help="CPU: time in alternating fresh child processes (rounds) and report their peak-RSS growth; "
+                        "default: both backbones in this process, steps interleaved, no memory figure")
+    p.add_argument("--rounds", type=int, default=2, help="CPU with --rss: alternating child-process rounds")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -152,7 +174,7 @@ def main():
         return
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available")
-    res = measure_cuda(args) if args.device.startswith("cuda") else measure_cpu(args)
+    res = measure_cpu(args) if args.rss and not args.device.startswith("cuda") else measure_interleaved(args)
     D, depth, heads, patch, *_ = SIZES[args.model]
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"ViTDet backbone forward+backward: {args.model} ({D}-d x {depth}, {heads} heads, patch {patch}), "
@@ -164,6 +186,9 @@ def main():
     tr = statistics.median(res["ours"]["times"]) / statistics.median(res["d2"]["times"])
     mr = res["ours"]["peak_mib"] / max(res["d2"]["peak_mib"], 1e-9)
     print(f"ratio ours / detectron2: time {tr:.3f}, peak memory {mr:.3f}")
+    print("step times (s), in order: " + "; ".join(
+        f"{w}: " + " ".join(f"{t:.2f}" for t in res[w]["times"]) for w in ("ours", "d2")))
+    print("our attention forms (auto, measured): " + ", ".join(f"{k}: {v}" for k, v in res["ours"]["forms"].items()))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ weights and libraries included, so CPU memory ratios understate the difference).
     python benchmarks/seg_backbone_speed.py                                    # CPU: ViT-B at 224², batch 2
     python benchmarks/seg_backbone_speed.py --device cuda --precision bf16     # GPU: ViT-B at 512², batch 8
     python benchmarks/seg_backbone_speed.py --device cuda --arch vit_large_patch16 --batch-size 4
+    python benchmarks/seg_backbone_speed.py --interleaved --threads 1 --steps 8   # CPU: train steps alternating
 """
 
 from __future__ import annotations
@@ -105,6 +106,59 @@ def _measure(kind: str, args, queue):
     queue.put(result)
 
 
+def interleaved(args) -> dict:
+    """Both backbones in this process, training steps alternating (the order flips every step), so load
+    from other processes hits both alike; median ms per step of each and the speed ratio, no memory."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    dev = torch.device(args.device)
+    models = dict(zip(("ours", "mmseg"), build_pair(args.arch, args.img_size)))
+    for m in models.values():
+        m.to(dev)
+        m.train()  # not chained: mmseg's backbones' train() returns None
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=dev)
+
+    def step(model) -> float:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
+            outs = model(x)
+            sum(o.float().mean() for o in outs).backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    for m in models.values():
+        for _ in range(args.warmup):
+            step(m)
+    times = {k: [] for k in models}
+    order = list(models)
+    for i in range(args.steps):
+        for k in order if i % 2 == 0 else order[::-1]:
+            times[k].append(step(models[k]))
+        print(f"step {i + 1}/{args.steps}: " + ", ".join(f"{k} {times[k][-1] * 1e3:.0f} ms" for k in order), flush=True)
+    from mae_transfer.models.vit import _FORM_CHOICE
+
+    med = {k: statistics.median(t) for k, t in times.items()}
+    res = {"median_ms": {k: round(v * 1e3, 1) for k, v in med.items()},
+           "times_ms": {k: [round(t * 1e3, 1) for t in v] for k, v in times.items()},
+           "train_speed_ratio": round(med["mmseg"] / med["ours"], 3),
+           "attention_forms": {"x".join(map(str, k[2])): v for k, v in _FORM_CHOICE.items()}}
+    print(json.dumps(dict(arch=args.arch, img_size=args.img_size, batch_size=args.batch_size, device=args.device,
+                          precision=args.precision, threads=torch.get_num_threads(), steps=args.steps)))
+    print(f"train step, median: ours {res['median_ms']['ours']} ms, mmseg {res['median_ms']['mmseg']} ms; "
+          f"speed ours / mmseg x{res['train_speed_ratio']} (> 1: ours faster); attention forms: {res['attention_forms']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="vit_base_patch16", choices=sorted(OUT_INDICES))
@@ -116,12 +170,16 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 cuda, 1 cpu)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--interleaved", action="store_true",
+                    help="train steps only, both backbones in one process, alternating (no memory figures)")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.img_size = args.img_size or (512 if cuda else 224)
     args.batch_size = args.batch_size or (8 if cuda else 2)
     args.steps = args.steps or (20 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    if args.interleaved:
+        return interleaved(args)
 
     ctx = mp.get_context("spawn")
     results = {}

@@ -145,9 +145,23 @@ def lars_groups(groups: list[dict]) -> list[dict]:
     return out
 
 
+def fused_adamw(groups: list[dict], lr: float, betas) -> torch.optim.AdamW:
+    """torch's fused AdamW (one kernel per parameter for the whole update, on CPU and GPU since torch 2.4)
+    where this torch and device take it, else the default implementation.
+
+    The default on a CPU is the per-tensor loop, about ten passes over every parameter per step; for MAE
+    ViT-B (111 M parameters) that is a tenth of a batch-8 step on one core. Fused rounds the update in a
+    different order, so results differ from the loop in the last bits (not in what is computed)."""
+    try:  # copies: a refused construction would leave ``fused`` set in the caller's group dicts
+        return torch.optim.AdamW([dict(g) for g in groups], lr=lr, betas=tuple(betas), fused=True)
+    except (RuntimeError, ValueError, TypeError) as e:
+        logger.info("fused AdamW not available here (%s); using the default implementation", e)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
 def build_optimizer(name: str, groups: list[dict], lr: float, betas, momentum: float):
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+        return fused_adamw(groups, lr, betas)
     if name == "lars":
         return Lars(lars_groups(groups), lr=lr, momentum=momentum)
     if name == "sgd":

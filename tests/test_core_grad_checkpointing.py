@@ -86,3 +86,24 @@ def test_inactive_in_eval_and_without_grad():
     m.train()
     (_, _, off), (_, _, on) = step_off_and_on(m, m, list(m.blocks), lambda: m.forward_features(x).sum())
     assert (off, on) == (len(m.blocks), 2 * len(m.blocks))
+
+
+@pytest.mark.parametrize("variant", ["window-decomposed", "beit-bias-cls"])
+def test_attention_form_probe_inside_the_first_checkpointed_step(variant):
+    """attn_form='auto' measures its forms on the first call of a shape; when that first call is inside a
+    checkpointed block, the recomputation (which no longer probes) must still give the same gradients."""
+    from mae_transfer.models import vit as vit_mod
+
+    m = _vit(**VARIANTS[variant])
+    x = torch.randn(2, 3, 32, 40)
+    grads = []
+    for on in (True, False):
+        vit_mod._FORM_CHOICE.clear()
+        m.set_grad_checkpointing(on)
+        m.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        m.forward_features(x).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-5, msg=n)

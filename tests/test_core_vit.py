@@ -89,3 +89,62 @@ def test_bad_input_sizes_are_named():
         m(torch.randn(1, 1, 32, 32))
     with pytest.raises(KeyError, match="unknown ViT preset"):
         vit_from_preset("vit_gigantic")
+
+
+def _forms_agree(model, x, forms=("sdpa", "explicit")):
+    """Outputs and gradients of ``model`` with every Attention forced to each form; returns them."""
+    from mae_transfer.models.vit import Attention
+
+    results = []
+    for form in forms:
+        for m in model.modules():
+            if isinstance(m, Attention):
+                m.attn_form = form
+        model.zero_grad(set_to_none=True)
+        out = model.forward_feature_maps(x, [-1])[0]
+        out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], atol=1e-5, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("grid", [(6, 6), (5, 7)], ids=["windows-divide", "padded-windows"])
+def test_attention_forms_agree_decomposed_rel_pos(grid):
+    """SDPA with the relative position folded into q/k and the explicit matmul + softmax with the
+    broadcast terms are the same function (windows with and without padding, global blocks)."""
+    torch.manual_seed(0)
+    m = VisionTransformer(img_size=(grid[0] * 4, grid[1] * 4), patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                          class_token=False, pos_embed="learned", global_pool="", window_size=3, global_blocks=(1,),
+                          rel_pos="decomposed", rel_pos_zero_init=False, final_norm=False)
+    with torch.no_grad():
+        for blk in m.blocks:
+            blk.attn.qkv.bias.normal_(0, 0.5)  # padded tokens project to this bias: make it matter
+    _forms_agree(m, torch.randn(2, 3, grid[0] * 4, grid[1] * 4))
+
+
+def test_attention_forms_agree_beit_bias_with_cls_token():
+    torch.manual_seed(0)
+    m = VisionTransformer(**SMALL, class_token=True, pos_embed="learned", global_pool="", rel_pos="bias",
+                          rel_pos_zero_init=False, init_values=0.5, final_norm=False)
+    _forms_agree(m, torch.randn(2, 3, 32, 32))
+
+
+def test_auto_attention_form_is_measured_once_per_shape_and_leaves_no_gradients():
+    from mae_transfer.models import vit
+
+    torch.manual_seed(0)
+    m = VisionTransformer(**SMALL, class_token=True, pos_embed="learned", global_pool="", rel_pos="bias",
+                          rel_pos_zero_init=False)
+    vit._FORM_CHOICE.clear()
+    x = torch.randn(2, 3, 32, 32)
+    out = m.forward_features(x)
+    assert len(vit._FORM_CHOICE) == 1 and set(vit._FORM_CHOICE.values()) <= {"sdpa", "explicit"}
+    assert all(p.grad is None for p in m.parameters())  # the probe's backward only reached its stand-ins
+    out.sum().backward()
+    assert len(vit._FORM_CHOICE) == 1
+    with torch.no_grad():
+        m.forward_features(x)
+    assert len(vit._FORM_CHOICE) == 2  # inference (no backward) is a shape of its own

@@ -13,6 +13,7 @@ Shapes: images ``(B, C, H, W)``; tokens ``(B, N, D)`` with ``N = num_prefix_toke
 
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import Sequence
 
@@ -91,30 +92,102 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[relative_coords.long()]
 
 
+def decomposed_rel_terms(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                         hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """ViTDet's decomposed relative position as two small terms: ``rel_h = q . R_h`` (one value per key
+    row) and ``rel_w = q . R_w`` (per key column), from the *unscaled* queries as detectron2.
+
+    q: (B, heads, h*w, C). Returns rel_h (B, heads, h, w, h) and rel_w (B, heads, h, w, w); the logit of
+    query (i, j) and key (k, l) gets ``rel_h[..., i, j, k] + rel_w[..., i, j, l]``."""
+    h, w = hw
+    r_q = q.reshape(q.shape[0], q.shape[1], h, w, q.shape[3])
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, rel_pos_h).to(q.dtype))
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, rel_pos_w).to(q.dtype))
+    return rel_h, rel_w
+
+
 def fold_decomposed_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor,
                             rel_pos_w: torch.Tensor, hw: tuple[int, int]):
     """The decomposed relative position folded into queries and keys, so attention needs no bias tensor.
 
-    With ``rel_h = q . R_h`` (one value per key row) and ``rel_w = q . R_w`` (per key column),
-    ``q' = [q * scale, rel_h, rel_w]`` and ``k' = [k, onehot(key row), onehot(key column)]`` give
-    ``q' . k' = scale * q . k + rel_h[row(k)] + rel_w[col(k)]``: the logits of ViTDet's
-    ``add_decomposed_rel_pos`` (detectron2), but SDPA can use its flash / memory-efficient kernels and never
-    materialises an ``(h*w, h*w)`` bias per head. q, k, v are zero-padded to one head width, a multiple
-    of 8 (what those kernels need). Call SDPA with ``scale=1`` and keep the first ``C`` output channels.
+    With ``rel_h``, ``rel_w`` of :func:`decomposed_rel_terms`, ``q' = [q * scale, rel_h, rel_w]`` and
+    ``k' = [k, onehot(key row), onehot(key column)]`` give ``q' . k' = scale * q . k + rel_h[row(k)] +
+    rel_w[col(k)]``: the logits of ViTDet's ``add_decomposed_rel_pos`` (detectron2), but SDPA can use its
+    flash / memory-efficient kernels and never materialises an ``(h*w, h*w)`` bias per head. q, k, v are
+    zero-padded to one head width, a multiple of 8 (what those kernels need). Call SDPA with ``scale=1``
+    and keep the first ``C`` output channels.
 
     q, k, v: (B, heads, h*w, C). Returns q', k', v' of shape (B, heads, h*w, C'), C' >= C + h + w."""
     h, w = hw
     B, nh, N, C = q.shape
-    r_q = q.reshape(B, nh, h, w, C)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, rel_pos_h).to(q.dtype)).reshape(B, nh, N, h)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, rel_pos_w).to(q.dtype)).reshape(B, nh, N, w)
+    rel_h, rel_w = decomposed_rel_terms(q, rel_pos_h, rel_pos_w, hw)
     pad = -(C + h + w) % 8
     idx = torch.arange(N, device=q.device)
     onehot = torch.cat([F.one_hot(idx // w, h), F.one_hot(idx % w, w), idx.new_zeros(N, pad)], dim=1).to(q.dtype)
     zeros = q.new_zeros(B, nh, N, pad)
-    q = torch.cat([q * C ** -0.5, rel_h, rel_w, zeros], dim=-1)
+    q = torch.cat([q * C ** -0.5, rel_h.reshape(B, nh, N, h), rel_w.reshape(B, nh, N, w), zeros], dim=-1)
     k = torch.cat([k, onehot.expand(B, nh, N, h + w + pad)], dim=-1)
     return q, k, F.pad(v, (0, h + w + pad))
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
+                       rel: tuple[torch.Tensor, torch.Tensor] | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(C) + bias + rel) v`` written out as matmul + softmax (what detectron2 and
+    mmseg do). On a CPU this beats SDPA where SDPA needs a dense bias or widened heads (measured per
+    shape by :func:`pick_attention_form`).
+
+    q, k, v: (B, heads, N, C); bias: broadcastable to (B, heads, N, N); rel: the decomposed terms of
+    :func:`decomposed_rel_terms`, added by broadcasting ``(B, heads, h, w, h, 1) + (B, heads, h, w, 1, w)``
+    (no (N, N) bias tensor is built). Returns (B, heads, N, C)."""
+    B, nh, N, C = q.shape
+    attn = (q * C ** -0.5) @ k.transpose(-2, -1)
+    # in place: the matmul's backward needs its inputs, not its output
+    if rel is not None:
+        rel_h, rel_w = rel
+        h, w = rel_h.shape[2], rel_h.shape[3]
+        attn = attn.view(B, nh, h, w, h, w).add_(rel_h.unsqueeze(-1)).add_(rel_w.unsqueeze(-2)).view(B, nh, N, N)
+    if bias is not None:
+        attn = attn.add_(bias)
+    attn = attn.softmax(dim=-1)
+    if dropout_p:
+        attn = F.dropout(attn, dropout_p)
+    return attn @ v
+
+
+_FORM_CHOICE: dict[tuple, str] = {}  # (device, dtype, shape, kind, grad) -> the measured faster form
+
+
+def pick_attention_form(key: tuple, run, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeats: int = 2) -> str:
+    """The faster of ``"sdpa"`` and ``"explicit"`` for this device, dtype and block shape, measured once
+    per process on stand-in tensors of the real shapes and cached.
+
+    Neither form wins everywhere: on a GPU SDPA's fused kernels do (no (N, N) tensor in memory), on a CPU
+    the explicit matmul + softmax is faster at some shapes (SDPA with a dense bias, or the widened heads
+    of the folded relative position). ``run(form, q, k, v)`` computes the attention without dropout (the
+    probe draws no random numbers, so a run's RNG stream is the same whether it probed or not); with grad
+    enabled forward + backward are timed (gradients only for the stand-ins, never into the parameters).
+    Each form once to warm up, then ``repeats`` interleaved calls, the fastest kept."""
+    if key in _FORM_CHOICE:
+        return _FORM_CHOICE[key]
+    grad = key[-1]
+    ins = [t.detach().clone().requires_grad_(grad) for t in (q, k, v)]
+    sync = torch.cuda.synchronize if q.device.type == "cuda" else (lambda: None)
+    best = {}
+    # identity hooks: inside a checkpointed block (grad_checkpointing) the probe's own saved tensors must
+    # not enter the checkpoint's bookkeeping, which the recomputation (no probe then) replays
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        for r in range(repeats + 1):
+            for form in ("sdpa", "explicit") if r % 2 else ("explicit", "sdpa"):
+                sync()
+                t0 = time.perf_counter()
+                out = run(form, *ins)
+                if grad:
+                    torch.autograd.grad(out.float().sum(), ins)
+                sync()
+                if r:
+                    best[form] = min(best.get(form, float("inf")), time.perf_counter() - t0)
+    _FORM_CHOICE[key] = min(best, key=best.get)
+    return _FORM_CHOICE[key]
 
 
 def beit_relative_position_index(hw: tuple[int, int], num_prefix: int) -> torch.Tensor:
@@ -138,7 +211,9 @@ def resize_beit_bias_table(table: torch.Tensor, src_hw: tuple[int, int], dst_hw:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+    """Multi-head self-attention, as ``F.scaled_dot_product_attention`` or as explicit matmul + softmax,
+    whichever measured faster for the device and block shape (``attn_form = "auto"``, the default; set
+    ``"sdpa"`` or ``"explicit"`` to force one; both give the same outputs and gradients).
 
     Args:
         dim: token width.
@@ -167,6 +242,7 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos = rel_pos
         self.num_prefix_tokens = num_prefix_tokens
+        self.attn_form = "auto"  # or "sdpa" / "explicit"; both compute the same attention
         if rel_pos is not None and rel_pos_size is None:
             raise ValueError("Attention: rel_pos needs rel_pos_size (the token grid it is sized for)")
         if rel_pos == "decomposed":
@@ -200,40 +276,65 @@ class Attention(nn.Module):
         N = index.shape[0]
         return table[index.reshape(-1)].reshape(N, N, -1).permute(2, 0, 1).unsqueeze(0)
 
+    def _attend_as(self, form: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw, bias,
+                   p: float) -> torch.Tensor:
+        """Attention of (B, heads, N, C) q, k, v in ``form`` ("sdpa" or "explicit"), with this module's
+        relative position; ``bias`` is the BEiT bias for this grid (or None), ``p`` the attention dropout.
+        Returns (B, heads, N, C)."""
+        if form == "explicit":
+            rel = (decomposed_rel_terms(q, self.rel_pos_h, self.rel_pos_w, hw)
+                   if self.rel_pos == "decomposed" else None)
+            return explicit_attention(q, k, v, bias, rel, p)
+        C, scale = q.shape[-1], None
+        if self.rel_pos == "decomposed":
+            q, k, v = fold_decomposed_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, hw)
+            scale = 1.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, dropout_p=p)[..., :C]
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw) -> torch.Tensor:
+        """Attention in the form ``attn_form`` names; ``"auto"``: the one measured faster for this shape."""
+        bias = self._beit_bias(hw).to(q.dtype) if self.rel_pos == "bias" else None
+        form = self.attn_form
+        if form == "auto":
+            if self.rel_pos is None or torch.compiler.is_compiling():
+                form = "sdpa"  # no bias to add: SDPA computes the same products with fewer passes
+            else:
+                grad = torch.is_grad_enabled() and (q.requires_grad or bias is not None and bias.requires_grad)
+                key = (str(q.device), q.dtype, tuple(q.shape), self.rel_pos, tuple(hw), grad)
+                fixed = None if bias is None else bias.detach()
+                form = pick_attention_form(key, lambda f, q_, k_, v_: self._attend_as(f, q_, k_, v_, hw, fixed, 0.0),
+                                           q, k, v)
+        return self._attend_as(form, q, k, v, hw, bias, self.attn_drop if self.training else 0.0)
+
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         """x: (B, N, D); hw: the token grid of x without prefix tokens (needed with rel_pos)."""
         B, N, D = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        bias, scale, C = None, None, self.head_dim
-        if self.rel_pos == "decomposed":
-            q, k, v = fold_decomposed_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, hw)
-            scale = 1.0
-        elif self.rel_pos == "bias":
-            bias = self._beit_bias(hw).to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale,
-                                           dropout_p=self.attn_drop if self.training else 0.0)[..., :C]
+        x = self._attend(q, k, v, hw)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, D)))
 
+    def forward_windows(self, x: torch.Tensor, ws: int) -> torch.Tensor:
+        """Attention within non-overlapping ``ws x ws`` windows (ViTDet). x: (B, h, w, D) -> (B, h, w, D).
 
-def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(B, h, w, D) -> (B * nW, ws, ws, D), zero-padding h, w up to multiples of ws."""
-    B, h, w, D = x.shape
-    pad_h, pad_w = (ws - h % ws) % ws, (ws - w % ws) % ws
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.view(B, hp // ws, ws, wp // ws, ws, D).permute(0, 1, 3, 2, 4, 5)
-    # contiguous: at batch 1 with one row of windows the reshape is a strided view, and Block.forward .view()s it
-    return x.reshape(-1, ws, ws, D).contiguous(), (hp, wp)
-
-
-def window_unpartition(windows: torch.Tensor, ws: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
-    """Inverse of :func:`window_partition`, cropping the padding. Returns (B, h, w, D)."""
-    hp, wp = pad_hw
-    h, w = hw
-    B = windows.shape[0] // (hp * wp // ws // ws)
-    x = windows.view(B, hp // ws, wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, hp, wp, -1)
-    return x[:, :h, :w, :].contiguous()
+        As detectron2, a grid that ``ws`` does not divide is zero-padded (after the norm) and the padded
+        tokens take part as keys and values; their queries are discarded. Padded tokens project to the
+        qkv bias, so qkv is computed on the real tokens only and padded with the bias, and ``proj`` runs
+        after the crop: at 512 px (32x32 tokens, 14x14 windows padded to 42x42) that skips 42 % of the
+        window blocks' qkv and proj rows."""
+        B, h, w, D = x.shape
+        nh, C = self.num_heads, self.head_dim
+        qkv = self.qkv(x)
+        pad_h, pad_w = (-h) % ws, (-w) % ws
+        if pad_h or pad_w:  # concatenated, not padded + masked: its backward only slices
+            b = self.qkv.bias.to(qkv.dtype) if self.qkv.bias is not None else qkv.new_zeros(3 * D)
+            qkv = torch.cat([qkv, b.expand(B, h, pad_w, 3 * D)], dim=2)
+            qkv = torch.cat([qkv, b.expand(B, pad_h, w + pad_w, 3 * D)], dim=1)
+        nH, nW = (h + pad_h) // ws, (w + pad_w) // ws
+        q, k, v = (qkv.view(B, nH, ws, nW, ws, 3, nh, C).permute(5, 0, 1, 3, 6, 2, 4, 7)
+                   .reshape(3, B * nH * nW, nh, ws * ws, C).unbind(0))
+        o = self._attend(q, k, v, (ws, ws))  # (B * nH * nW, heads, ws * ws, C)
+        o = o.view(B, nH, nW, nh, ws, ws, C).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, nH * ws, nW * ws, D)
+        return self.proj_drop(self.proj(o[:, :h, :w]))
 
 
 class Block(nn.Module):
@@ -273,10 +374,7 @@ class Block(nn.Module):
         y = self.norm1(x)
         if self.window_size:
             B, N, D = y.shape
-            ws = self.window_size
-            y, pad_hw = window_partition(y.view(B, hw[0], hw[1], D), ws)
-            y = self.attn(y.view(-1, ws * ws, D), (ws, ws))
-            y = window_unpartition(y.view(-1, ws, ws, D), ws, pad_hw, hw).view(B, N, D)
+            y = self.attn.forward_windows(y.view(B, hw[0], hw[1], D), self.window_size).reshape(B, N, D)
         else:
             y = self.attn(y, hw)
         x = x + self.drop_path(self.ls1(y))
