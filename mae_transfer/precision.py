@@ -27,7 +27,7 @@ import torch
 logger = logging.getLogger("mae_transfer.precision")
 
 __all__ = ["PRECISIONS", "candidates", "choose_precision", "machine_key", "probe_precision", "autocast",
-           "cache_path", "cached_choice", "kept_rng"]
+           "cache_path", "cached_choice", "kept_rng", "read_decision", "write_decision"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -135,6 +135,18 @@ def _time_step(step: Callable[[], torch.Tensor], precision: str, device: torch.d
     loss.float().backward()
     sync()
     return time.perf_counter() - t0
+
+
+def read_decision(device: torch.device, key: str) -> dict | None:
+    """Any measured decision cached for this machine under ``key`` (e.g. the attention form of
+    :mod:`mae_transfer.models.vit`), or None."""
+    hit = _read_cache(cache_path()).get(f"{machine_key(device)}|{key}")
+    return hit if isinstance(hit, dict) else None
+
+
+def write_decision(device: torch.device, key: str, entry: dict):
+    """Cache ``entry`` (``{"choice", "times"}``) for this machine under ``key``; see :func:`read_decision`."""
+    _write_cache(cache_path(), f"{machine_key(device)}|{key}", {**entry, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
 def cached_choice(device: torch.device, shape_key: str) -> dict | None:

@@ -148,3 +148,28 @@ def test_auto_attention_form_is_measured_once_per_shape_and_leaves_no_gradients(
     with torch.no_grad():
         m.forward_features(x)
     assert len(vit._FORM_CHOICE) == 2  # inference (no backward) is a shape of its own
+
+
+def test_attention_form_is_kept_per_machine_so_a_resumed_run_computes_the_same():
+    """The forms agree only to rounding: a later process on the same machine (a resumed run) must take the
+    first measurement's form from the cache, not measure again."""
+    import json
+
+    from mae_transfer import precision
+    from mae_transfer.models import vit
+
+    m = VisionTransformer(**SMALL, class_token=True, pos_embed="learned", global_pool="", rel_pos="bias")
+    vit._FORM_CHOICE.clear()
+    x = torch.randn(2, 3, 32, 32)
+    m.forward_features(x).sum().backward()
+    path = precision.cache_path()
+    data = json.loads(path.read_text())
+    keys = [k for k in data if "|attention " in k]
+    assert len(keys) == 1 and data[keys[0]]["choice"] in vit.FORMS and set(data[keys[0]]["times"]) == set(vit.FORMS)
+    measured = data[keys[0]]["choice"]
+    other = "explicit" if measured == "sdpa" else "sdpa"
+    data[keys[0]]["choice"] = other  # as if the first process had measured the other form
+    path.write_text(json.dumps(data))
+    vit._FORM_CHOICE.clear()  # a new process
+    m.forward_features(x).sum().backward()
+    assert set(vit._FORM_CHOICE.values()) == {other}

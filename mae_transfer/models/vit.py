@@ -155,11 +155,14 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
 
 
 _FORM_CHOICE: dict[tuple, str] = {}  # (device, dtype, shape, kind, grad) -> the measured faster form
+FORMS = ("sdpa", "explicit")
 
 
 def pick_attention_form(key: tuple, run, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, repeats: int = 2) -> str:
     """The faster of ``"sdpa"`` and ``"explicit"`` for this device, dtype and block shape, measured once
-    per process on stand-in tensors of the real shapes and cached.
+    per machine on stand-in tensors of the real shapes and cached with ``precision=auto``'s decisions
+    (``$MAE_CACHE_DIR/precision.json``): the forms agree only to rounding, so a resumed run, or the next run
+    on the machine, must take the form the first one measured, not a new measurement's (which load can flip).
 
     Neither form wins everywhere: on a GPU SDPA's fused kernels do (no (N, N) tensor in memory), on a CPU
     the explicit matmul + softmax is faster at some shapes (SDPA with a dense bias, or the widened heads
@@ -168,6 +171,13 @@ def pick_attention_form(key: tuple, run, q: torch.Tensor, k: torch.Tensor, v: to
     enabled forward + backward are timed (gradients only for the stand-ins, never into the parameters).
     Each form once to warm up, then ``repeats`` interleaved calls, the fastest kept."""
     if key in _FORM_CHOICE:
+        return _FORM_CHOICE[key]
+    from ..precision import read_decision, write_decision  # here: precision imports nothing of the models
+
+    disk_key = "attention " + " ".join(map(str, key[1:]))
+    hit = read_decision(q.device, disk_key)
+    if hit is not None and hit.get("choice") in FORMS:
+        _FORM_CHOICE[key] = hit["choice"]
         return _FORM_CHOICE[key]
     grad = key[-1]
     ins = [t.detach().clone().requires_grad_(grad) for t in (q, k, v)]
@@ -187,6 +197,7 @@ def pick_attention_form(key: tuple, run, q: torch.Tensor, k: torch.Tensor, v: to
                 if r:
                     best[form] = min(best.get(form, float("inf")), time.perf_counter() - t0)
     _FORM_CHOICE[key] = min(best, key=best.get)
+    write_decision(q.device, disk_key, {"choice": _FORM_CHOICE[key], "times": best})
     return _FORM_CHOICE[key]
 
 
