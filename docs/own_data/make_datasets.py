@@ -11,6 +11,8 @@ straight out of the wheel, and writes under ``--out``:
 - ``ihc_coco/``: COCO instance json + PNG tiles, categories ``stromal_nucleus`` / ``epithelial_nucleus``;
 - ``ihc_ade/``: ADE20K layout (``images/{training,validation}/*.jpg``, ``annotations/.../*.png``,
   ``classes.txt``), classes ``stroma_or_lumen`` / ``dab_epithelium`` / ``nucleus``;
+- ``ihc_nuclei_ade/``: the same tiles in the same layout, with the COCO set's categories as pixel classes:
+  ``background`` / ``stromal_nucleus`` / ``epithelial_nucleus``;
 - ``lfw_folder/``: an ImageFolder (``train/``, ``val/``; ``face/``, ``non_face/``) of 16-bit grey TIFFs.
 
 How the labels come about (classical, no learning): colour deconvolution of the RGB image into
@@ -130,8 +132,8 @@ def write_coco(rgb, inst, cats, out: Path):
         print(f"{out / split}.json: {len(images)} images, {len(anns)} nuclei")
 
 
-def write_ade(rgb, tissue, out: Path):
-    """ADE20K layout with ``classes.txt``; ids 0..2 are the classes (no reduce_zero_label)."""
+def write_ade(rgb, tissue, out: Path, classes: list[str] = TISSUE_CLASSES):
+    """ADE20K layout with ``classes.txt``; ids 0..len(classes)-1 are the classes (no reduce_zero_label)."""
     for split, folder, rows, stride in (("train", "training", (0, SPLIT_ROW), 16),
                                         ("val", "validation", (SPLIT_ROW, rgb.shape[0]), 32)):
         (out / "images" / folder).mkdir(parents=True, exist_ok=True)
@@ -143,7 +145,7 @@ def write_ade(rgb, tissue, out: Path):
             _up(tissue[y:y + TILE, x:x + TILE], Image.NEAREST).save(out / "annotations" / folder / f"{name}.png")
             n += 1
         print(f"{out / 'images' / folder}: {n} tiles")
-    (out / "classes.txt").write_text("\n".join(TISSUE_CLASSES) + "\n")
+    (out / "classes.txt").write_text("\n".join(classes) + "\n")
 
 
 def write_folder(faces: np.ndarray, out: Path, val_per_class: int = 20):
@@ -178,6 +180,9 @@ def main(argv=None):
     Image.fromarray(np.concatenate([overlay, palette[tissue]], 1)).save(out / "labels_preview.png")
     write_coco(rgb, inst, cats, out / "ihc_coco")
     write_ade(rgb, tissue, out / "ihc_ade")
+    # the detector's categories as pixel classes: naming a nucleus takes its surroundings (the DAB ring)
+    nucleus_type = np.where(inst > 0, cats[np.maximum(inst, 1) - 1] + 1, 0).astype(np.uint8)
+    write_ade(rgb, nucleus_type, out / "ihc_nuclei_ade", ["background"] + NUCLEUS_CLASSES)
     write_folder(faces, out / "lfw_folder")
 
 
