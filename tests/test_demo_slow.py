@@ -1,4 +1,4 @@
-"""`make demo` end to end (slow: ~25 minutes on 2 cores): tools/compare.py with its defaults pretrains MAE
+"""`make demo` end to end (slow: 25-32 minutes on 2 cores): tools/compare.py with its defaults pretrains MAE
 and the supervised baseline, runs all four transfers with the real tools, and the result reads the way
 the paper's does. Run with MAE_RUN_SLOW=1."""
 

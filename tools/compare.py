@@ -51,7 +51,7 @@ TASK_METRICS = {
 }
 
 # Per preset: extra arguments of each step (on top of each tool's defaults) and the default tasks.
-# "demo" (`make demo`, about 25 min on 2 CPU cores): vit_mini_patch4 pretrained on the colour product
+# "demo" (`make demo`, 25-32 min on 2 CPU cores, README): vit_mini_patch4 pretrained on the colour product
 # photos (configs/pretrain/mini_photos.py: 2 MAE epochs, and beside it the supervised baseline, one pass
 # over the 60k labelled photos in about the same time), then linear probe, fine-tuning, and Mask R-CNN /
 # UperNet on the 48 px demo scenes (vitdet_scenes_demo, upernet_mae_scenes_demo). "small": 4x longer
