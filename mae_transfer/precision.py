@@ -151,8 +151,8 @@ def write_decision(device: torch.device, key: str, entry: dict):
 
 def cached_choice(device: torch.device, shape_key: str) -> dict | None:
     """The cached decision ``{"choice", "times", "when"}`` for this machine and ``shape_key``, or None."""
-    hit = _read_cache(cache_path()).get(f"{machine_key(device)}|{shape_key}")
-    return hit if isinstance(hit, dict) and hit.get("choice") in PRECISIONS else None
+    hit = read_decision(device, shape_key)
+    return hit if hit is not None and hit.get("choice") in PRECISIONS else None
 
 
 def probe_precision(model: torch.nn.Module, step: Callable[[], torch.Tensor], device: torch.device,
@@ -174,7 +174,6 @@ def probe_precision(model: torch.nn.Module, step: Callable[[], torch.Tensor], de
         repeats: timed calls per precision after its warm-up.
         use_cache: read and write the decision cache (``$MAE_CACHE_DIR``).
     """
-    key = f"{machine_key(device)}|{shape_key}"
     path = cache_path()
     if use_cache:
         hit = cached_choice(device, shape_key)
@@ -199,5 +198,5 @@ def probe_precision(model: torch.nn.Module, step: Callable[[], torch.Tensor], de
     logger.info("precision auto: %s (one forward + backward: %s)", choice,
                 ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in best.items()))
     if use_cache:
-        _write_cache(path, key, {"choice": choice, "times": best, "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        write_decision(device, shape_key, {"choice": choice, "times": best})
     return choice, best

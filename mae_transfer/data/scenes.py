@@ -17,6 +17,7 @@ item is retried, so the pixel labels and the instance annotations describe the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -250,18 +251,12 @@ def render_photos(items: np.ndarray, labels: np.ndarray, size: int = 32, seed: i
     pixels as one; each renders ``chunk`` images at a time."""
     out = np.empty((len(items), size, size, 3), dtype=np.uint8)
     jobs = [(items[a:a + chunk], labels[a:a + chunk], a, size, seed, item_size) for a in range(0, len(items), chunk)]
-    bar = tqdm(total=len(items), desc=f"photos {size}px", disable=not progress, leave=False)
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing
+    import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-            for start, chunk in pool.imap_unordered(_render_photo_chunk, jobs):
-                out[start:start + len(chunk)] = chunk
-                bar.update(len(chunk))
-    else:
-        for job in jobs:
-            start, chunk = _render_photo_chunk(job)
-            out[start:start + len(chunk)] = chunk
-            bar.update(len(chunk))
-    bar.close()
+    n = min(workers, len(jobs))
+    with (multiprocessing.get_context("fork").Pool(n) if n > 1 else contextlib.nullcontext()) as pool, \
+            tqdm(total=len(items), desc=f"photos {size}px", disable=not progress, leave=False) as bar:
+        for start, images in (pool.imap_unordered if pool else map)(_render_photo_chunk, jobs):
+            out[start:start + len(images)] = images
+            bar.update(len(images))
     return out
