@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mae_transfer.common import ConfigError
 
 
@@ -37,26 +39,29 @@ class TrainLayout:
                    ds.get("seg_map_suffix", d.seg_map_suffix), ds.get("img_suffix", d.img_suffix))
 
 
-def _scan_ids(root: Path, layout: TrainLayout, ignore_index: int = 255) -> list[int]:
-    """Sorted label ids (``ignore_index`` left out) in the training label maps that have an image."""
+def _pixel_counts(root: Path, layout: TrainLayout, ignore_index: int, purpose: str) -> dict[int, int]:
+    """Pixels per label id (``ignore_index`` left out) over the training label maps that have an image;
+    ``purpose`` (what the scan is for) goes into the error messages."""
     from .data import SegDataError, label_info, list_pairs
 
     ann_dir, img_dir = root / layout.seg_map_path, root / layout.img_path
     try:
         pairs, _ = list_pairs(img_dir, ann_dir, layout.img_suffix, layout.seg_map_suffix)
     except SegDataError as e:
-        raise ConfigError(f"class scan (no classes.txt / metainfo.json in {root}): {e}") from e
+        raise ConfigError(f"{purpose}: {e}") from e
     if not pairs:
         raise ConfigError(f"{ann_dir}: no '*{layout.seg_map_suffix}' label maps with an image "
-                          f"'{img_dir}/NAME{layout.img_suffix}' to take the classes from (and no classes.txt)")
-    ids: set[int] = set()
+                          f"'{img_dir}/NAME{layout.img_suffix}' ({purpose})")
+    counts: dict[int, int] = {}
     for _, _, lbl in pairs:
         try:
-            ids.update(int(v) for v in label_info(lbl).ids)
+            info = label_info(lbl)
         except (OSError, ValueError) as e:
             raise ConfigError(f"{lbl}: unreadable label map ({e})") from e
-    ids.discard(ignore_index)
-    return sorted(ids)
+        for i, c in zip(info.ids.tolist(), info.counts.tolist()):
+            counts[i] = counts.get(i, 0) + c
+    counts.pop(ignore_index, None)
+    return counts
 
 
 def discover_classes(data_root: str | Path, reduce_zero_label: bool = False, num_classes: int | None = None,
@@ -94,7 +99,7 @@ def discover_classes(data_root: str | Path, reduce_zero_label: bool = False, num
         return tuple(names), reduce_zero_label
     if num_classes is None:
         layout = layout or TrainLayout()
-        ids = _scan_ids(root, layout, ignore_index)
+        ids = sorted(_pixel_counts(root, layout, ignore_index, f"class scan (no classes.txt / metainfo.json in {root})"))
         if reduce_zero_label:
             ids = [i for i in ids if i != 0]
         num_classes = (max(ids) if reduce_zero_label else max(ids) + 1) if ids else 0
@@ -106,36 +111,76 @@ def discover_classes(data_root: str | Path, reduce_zero_label: bool = False, num
     return tuple(f"class_{first + i}" for i in range(num_classes)), reduce_zero_label
 
 
-def _fit_class_weights(head, where: str, n: int) -> list[str]:
-    """Drop a loss's per-class ``class_weight`` of another class count (the config's, for its own data):
-    with it the loss would fail on the first batch. Returns one line per weight dropped."""
-    losses = head.get("loss_decode")
-    dropped = []
-    for i, loss in enumerate(losses if isinstance(losses, (list, tuple)) else [losses] if losses else []):
-        w = loss.get("class_weight")
-        if w is not None and not isinstance(w, str) and len(w) != n:
-            key = f"{where}.loss_decode{f'[{i}]' if isinstance(losses, (list, tuple)) else ''}.class_weight"
-            loss["class_weight"] = None
-            dropped.append(f"{key}: {len(w)} weights for {n} classes, dropped (unweighted loss; set "
-                           f"{key}=[...] with --cfg-options to weight the classes)")
-    return dropped
+def _losses(cfg):
+    """``(config key, loss dict)`` for every loss of the decode and auxiliary heads of ``cfg.model``."""
+    heads = [("model.decode_head", cfg.model.decode_head)]
+    aux = cfg.model.get("auxiliary_head")
+    if isinstance(aux, (list, tuple)):
+        heads += [(f"model.auxiliary_head[{i}]", h) for i, h in enumerate(aux)]
+    elif aux:
+        heads.append(("model.auxiliary_head", aux))
+    for where, head in heads:
+        losses = head.get("loss_decode")
+        if isinstance(losses, (list, tuple)):
+            yield from ((f"{where}.loss_decode[{i}]", loss) for i, loss in enumerate(losses))
+        elif losses:
+            yield f"{where}.loss_decode", losses
+
+
+def balanced_class_weights(data_root: str | Path, num_classes: int, reduce_zero_label: bool = False,
+                           layout: TrainLayout | None = None, ignore_index: int = 255):
+    """Per-class loss weights from the training label maps: ``w_c = sqrt(median_f / f_c)``, ``f_c`` the share
+    of class ``c`` among the labelled pixels and the median over the classes present; 1 for a class absent
+    from the training maps. The square root of median-frequency balancing (Eigen & Fergus 2015): the full
+    inverse ratio made short schedules predict the rare classes all over the background (docs/own_data.md).
+    Returns ``(weights, shares)``, two lists of ``num_classes`` floats."""
+    counts = _pixel_counts(Path(data_root), layout or TrainLayout(), ignore_index, "--class-weights balanced")
+    pixels = np.zeros(num_classes)
+    for label, n in counts.items():
+        c = label - 1 if reduce_zero_label else label  # ADE20K: id 0 is ignored, ids 1..C are the classes
+        if 0 <= c < num_classes:
+            pixels[c] += n
+    if not pixels.sum():
+        raise ConfigError(f"--class-weights balanced: no labelled pixels of the {num_classes} classes in the "
+                          f"training label maps of {data_root}")
+    share = pixels / pixels.sum()
+    weights = np.ones(num_classes)
+    present = share > 0
+    weights[present] = np.sqrt(np.median(share[present]) / share[present])
+    return [round(float(w), 4) for w in weights], [float(f) for f in share]
+
+
+def set_class_weights(cfg, weights: list[float] | None) -> list[str]:
+    """``class_weight = weights`` on every cross-entropy loss of the heads (``None``: unweighted). Returns
+    the keys of the losses left as they were (other loss types, which may take no class weights)."""
+    skipped = []
+    for key, loss in _losses(cfg):
+        if loss.get("type") in ("CrossEntropyLoss", "mmseg.CrossEntropyLoss"):
+            loss["class_weight"] = None if weights is None else list(weights)
+        else:
+            skipped.append(f"{key} ({loss.get('type')})")
+    return skipped
 
 
 def apply_classes(cfg, classes: tuple[str, ...], reduce_zero_label: bool, leaf_datasets) -> list[str]:
     """Size both heads, every dataset's metainfo / ``reduce_zero_label`` and every label check to ``classes``.
 
-    Returns a line per per-class loss weight that had to be dropped (see :func:`_fit_class_weights`)."""
+    Returns a line per per-class loss weight of another class count that had to be dropped."""
     n = len(classes)
     cfg.num_classes = n
     cfg.classes = classes
     cfg.model.decode_head.num_classes = n
-    notes = _fit_class_weights(cfg.model.decode_head, "model.decode_head", n)
-    if cfg.model.get("auxiliary_head"):
-        aux = cfg.model.auxiliary_head
-        heads = aux if isinstance(aux, list) else [aux]
-        for i, h in enumerate(heads):
-            h["num_classes"] = n
-            notes += _fit_class_weights(h, f"model.auxiliary_head{f'[{i}]' if isinstance(aux, list) else ''}", n)
+    aux = cfg.model.get("auxiliary_head")
+    for h in (aux if isinstance(aux, (list, tuple)) else [aux] if aux else []):
+        h["num_classes"] = n
+    notes = []
+    for key, loss in _losses(cfg):
+        # a config's weights for its own classes would fail the loss on the first batch
+        w = loss.get("class_weight")
+        if w is not None and not isinstance(w, str) and len(w) != n:
+            loss["class_weight"] = None
+            notes.append(f"{key}.class_weight: {len(w)} weights for {n} classes, dropped (unweighted loss; "
+                         f"--class-weights balanced weights the classes by their share of the training pixels)")
     for _, ds in leaf_datasets(cfg):
         ds["metainfo"] = dict(classes=classes)
         ds["reduce_zero_label"] = reduce_zero_label

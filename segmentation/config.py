@@ -175,6 +175,31 @@ def _apply_classes(cfg, args):
         logger.warning(note)
 
 
+def _apply_class_weights(cfg, mode: str):
+    """``--class-weights``: ``config`` leaves the losses as they are; ``none`` unweights every cross-entropy
+    loss; ``balanced`` weights them by the classes' shares of the training pixels
+    (:func:`segmentation.classes.balanced_class_weights`). The weights are printed beside the class names."""
+    if mode == "config":
+        return
+    from .classes import TrainLayout, balanced_class_weights, set_class_weights
+    weights = None
+    if mode == "balanced":
+        train = next((ds for split, ds in leaf_datasets(cfg) if split == "train"), None)
+        if train is None:
+            raise ConfigError("--class-weights balanced: the config has no train_dataloader.dataset")
+        n = int(cfg.model.decode_head.num_classes)
+        weights, share = balanced_class_weights(
+            train.get("data_root") or cfg.get("data_root"), n, bool(train.get("reduce_zero_label", False)),
+            TrainLayout.of(train), int(train.get("ignore_index", 255)))
+        names = list(cfg.get("classes") or (train.get("metainfo") or {}).get("classes") or range(n))
+        logger.warning("class weights (balanced, from the training pixels): %s", ", ".join(
+            f"{name} {w:g} ({100 * f:.1f} %)" for name, w, f in zip(names, weights, share)))
+    else:
+        logger.warning("class weights: none (unweighted cross-entropy)")
+    for key in set_class_weights(cfg, weights):
+        logger.warning("--class-weights %s: %s left as it is (not a CrossEntropyLoss)", mode, key)
+
+
 def _apply_checkpoint_norm(cfg, options: list[str]):
     """A pretrained checkpoint of ours brings the statistics its encoder was trained with (``norm_stats``):
     they replace the config's ``model.data_preprocessor`` mean / std (0-255 units) unless ``--cfg-options``
@@ -237,8 +262,9 @@ def prepare_config(args):
     """Load the config and apply the command line; returns ``(cfg, config path)``.
 
     ``args`` has the attributes of ``tools/train_seg.py``'s parser: ``config``, ``cfg_options``,
-    ``launcher``, ``work_dir``, ``seed``, ``weights``, ``resume``, ``data_root``, ``test_mode``, ``img_size`` and
-    ``precision`` (optional, default ``config``: see :func:`segmentation.precision.apply_precision`)."""
+    ``launcher``, ``work_dir``, ``seed``, ``weights``, ``resume``, ``data_root``, ``test_mode``, ``img_size``,
+    ``class_weights`` (optional, default ``config``) and ``precision`` (optional, default ``config``: see
+    :func:`segmentation.precision.apply_precision`)."""
     from mmengine.config import Config
 
     path = resolve_config(args.config)
@@ -262,6 +288,7 @@ def prepare_config(args):
         cfg.resume, cfg.load_from = True, args.resume
     _apply_data_root(cfg, args.data_root)
     _apply_classes(cfg, args)
+    _apply_class_weights(cfg, getattr(args, "class_weights", "config"))
     _apply_checkpoint_norm(cfg, args.cfg_options)
     _apply_test_mode(cfg, args.test_mode)
     from .precision import apply_precision

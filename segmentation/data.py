@@ -34,12 +34,13 @@ _LABEL_MODES = ("L", "P", "I;16", "I")
 
 @dataclass(frozen=True)
 class LabelInfo:
-    """What the up-front checks need of one label map: PIL ``mode``, ``size`` (W, H), array ``shape`` and
-    the sorted distinct values ``ids`` (1-D)."""
+    """What the up-front checks need of one label map: PIL ``mode``, ``size`` (W, H), array ``shape``, the
+    sorted distinct values ``ids`` (1-D) and their pixel ``counts`` (for ``--class-weights balanced``)."""
     mode: str
     size: tuple[int, int]
     shape: tuple[int, ...]
     ids: np.ndarray
+    counts: np.ndarray
 
 
 # (resolved path, mtime_ns, size in bytes) -> LabelInfo: the class scan at start-up and the full data
@@ -56,7 +57,7 @@ def label_info(path: str | os.PathLike) -> LabelInfo:
     if info is None:
         with Image.open(path) as im:
             label = np.asarray(im)
-            info = LabelInfo(im.mode, im.size, label.shape, np.unique(label))
+            info = LabelInfo(im.mode, im.size, label.shape, *np.unique(label, return_counts=True))
         _LABEL_INFO[key] = info
     return info
 

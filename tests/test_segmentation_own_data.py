@@ -154,3 +154,42 @@ def test_config_class_weights_of_another_count_are_dropped(ade4, tmp_path, caplo
     assert cfg.model.decode_head.loss_decode.class_weight is None
     assert cfg.model.auxiliary_head.loss_decode.class_weight is None
     assert "model.decode_head.loss_decode.class_weight: 11 weights for 4 classes, dropped" in caplog.text
+
+
+@pytest.mark.parametrize("reduce_zero_label", [True, False])
+def test_balanced_class_weights_from_the_training_pixels(ade4, tmp_path, caplog, reduce_zero_label):
+    """--class-weights balanced: sqrt(median share / share) of each class's training pixels, counted here
+    from the label maps directly, on both heads' losses; with 0 = ignore the zeros are not a class."""
+    import shutil
+
+    from segmentation.config import prepare_config
+
+    root = tmp_path / "data"  # without the names file another test leaves: the class count from the scan
+    shutil.copytree(ade4, root, ignore=shutil.ignore_patterns("classes.txt", "metainfo.json"))
+    pixels = np.zeros(256)
+    for f in sorted((root / "annotations" / "training").glob("*.png")):
+        pixels += np.bincount(np.asarray(Image.open(f)).ravel(), minlength=256)
+    share = pixels[1:5] if reduce_zero_label else pixels[0:5]
+    share = share / share.sum()
+    expected = np.sqrt(np.median(share) / share)
+    flag = "--reduce-zero-label" if reduce_zero_label else "--no-reduce-zero-label"
+    cfg, _ = prepare_config(train_seg.parse_args(["--config", "upernet_mae_scenes_demo", "--weights", "none",
+                                                  "--data-root", str(root), flag, "--class-weights", "balanced",
+                                                  "--work-dir", str(tmp_path / "w")]))
+    for head in (cfg.model.decode_head, cfg.model.auxiliary_head):
+        np.testing.assert_allclose(head.loss_decode.class_weight, expected, atol=1e-4)
+    assert len(expected) == (4 if reduce_zero_label else 5) and expected.max() - expected.min() > 0.1
+    assert "class weights (balanced, from the training pixels): class_" in caplog.text  # names beside
+    cfg, _ = prepare_config(train_seg.parse_args(["--config", "upernet_mae_scenes_demo", "--weights", "none",
+                                                  "--class-weights", "none", "--work-dir", str(tmp_path / "w")]))
+    assert cfg.model.decode_head.loss_decode.class_weight is None
+
+
+def test_balanced_class_weights_without_label_maps_is_a_clear_error(tmp_path):
+    from mae_transfer.common import ConfigError
+    from segmentation.classes import balanced_class_weights
+
+    (tmp_path / "images" / "training").mkdir(parents=True)
+    (tmp_path / "annotations" / "training").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"--class-weights balanced: .*images/training"):
+        balanced_class_weights(tmp_path, 3)

@@ -53,6 +53,10 @@ def parse_args(argv=None):
                         "(default: the config's; without it ids 0..C-1 are the classes)")
     p.add_argument("--no-reduce-zero-label", dest="reduce_zero_label", action="store_false",
                    help="ids 0..C-1 are the classes (0 = background is a class)")
+    p.add_argument("--class-weights", choices=["config", "none", "balanced"], default="config",
+                   help="per-class weights of the cross-entropy losses: the config's (default), none, or balanced: "
+                        "sqrt(median share / class share) of the training pixels, for a rare class to be learned "
+                        "in a short schedule (printed at start-up)")
     p.add_argument("--img-size", type=int, default=None, metavar="N",
                    help="N x N crops: sets crop_size, the preprocessor's pad size, the backbone size and every "
                         "pipeline resize / crop together (scaled by N / the config's size; printed at start-up)")
