@@ -97,3 +97,37 @@ def test_predictions_figure_draws_every_init_on_the_same_scenes(tmp_path):
     path = compare.transfer_figure(out, ["mae", "supervised", "scratch"], 0)
     assert path == out / "predictions.png" and path.stat().st_size > 20_000
     assert compare.transfer_figure(tmp_path / "empty", ["mae"], 0) is None
+
+
+def test_cells_start_when_their_init_is_ready(tmp_path):
+    """One pool for pretrainings and cells: the MAE's cells take the core the MAE frees while the supervised
+    baseline still trains, and the cells of an init whose pretraining failed do not run (result None)."""
+    import threading
+    import time
+
+    events, lock = [], threading.Lock()
+
+    class TimedRunner(compare.Runner):
+        def step(self, label, cmd, out_dir, index, env=None, keys=()):
+            with lock:
+                events.append(("start", label))
+            time.sleep({"pretrain mae": 0.1, "pretrain supervised": 0.6}.get(label, 0.05))
+            with lock:
+                events.append(("end", label))
+            return None if label == "pretrain supervised" else {"top1": 1.0}
+
+    runner = TimedRunner(tmp_path, compare.PRESETS["demo"], None)
+    cells = [compare.Cell(i, "linprobe", 0, tmp_path / i) for i in ("mae", "supervised", "scratch")]
+    weights = {"scratch": "none"}
+    results = compare.run_all(runner, ["mae", "supervised"], weights, cells, jobs=2)
+    order = list(events)
+    assert order.index(("start", "linprobe/mae/seed0")) < order.index(("end", "pretrain supervised"))
+    assert ("start", "linprobe/supervised/seed0") not in order
+    assert results[("mae", "linprobe", 0)] == {"top1": 1.0} and results[("supervised", "linprobe", 0)] is None
+    assert results[("scratch", "linprobe", 0)] == {"top1": 1.0}
+    assert weights["mae"].endswith("pretrain/mae/checkpoint-final.pth") and "supervised" not in weights
+    running, peak = 0, 0
+    for kind, _ in order:
+        running += 1 if kind == "start" else -1
+        peak = max(peak, running)
+    assert peak == 2  # never more steps at once than jobs

@@ -13,7 +13,8 @@ Steps, each a subprocess of the project's own CLIs (so every cell is exactly wha
    ``--init NAME=CKPT`` adds a checkpoint file
    (an official MAE or DeiT release, say) as a further initialisation, ``scratch`` is random init;
 2. downstream cells: for every init x task x seed, ``pretrain/run.py --mode linprobe|finetune``,
-   ``tools/train_det.py`` and ``tools/train_seg.py`` with ``--weights`` set to the init;
+   ``tools/train_det.py`` and ``tools/train_seg.py`` with ``--weights`` set to the init; pretrainings and
+   cells share ``--jobs`` slots, and a cell starts as soon as a slot is free and its init has weights;
 3. ``table.md`` (mean ± std over seeds, best per column in bold, the paper's numbers beside),
    ``results.csv`` (one row per cell and metric), ``comparison.png`` (grouped bars with std) and
    ``predictions.png`` (the same validation scenes through each init's detector and segmenter, seed of
@@ -35,7 +36,7 @@ import shlex
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,9 +188,9 @@ class Runner:
         return m
 
 
-def pretrain_inits(runner: Runner, inits: list[str], extra: dict[str, str], jobs: int = 1) -> dict[str, str]:
-    """Pretrain the MAE and the supervised baseline (side by side when ``jobs`` > 1, each with its share
-    of the cores, as the downstream cells); returns init name -> weights argument ('none' for scratch)."""
+def init_weights(inits: list[str], extra: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Weights argument of each init known before any training (scratch: 'none'; ``--init NAME=CKPT``: the
+    checkpoint), and the inits to pretrain here (mae, supervised)."""
     weights, todo = {}, []
     for name in inits:
         if name == "scratch":
@@ -198,24 +199,60 @@ def pretrain_inits(runner: Runner, inits: list[str], extra: dict[str, str], jobs
             todo.append(name)
         else:
             raise SystemExit(f"compare: unknown init {name!r}; use mae, supervised, scratch or --init NAME=CKPT")
+    for name, path in extra.items():
+        if not Path(path).is_file():
+            raise SystemExit(f"compare: --init {name}={path}: file not found")
+        weights[name] = str(Path(path).resolve())
+    return weights, todo
+
+
+def run_all(runner: Runner, todo: list[str], weights: dict[str, str], cells: list, jobs: int) -> dict:
+    """Pretrain ``todo`` (the MAE, the supervised baseline) and run ``cells`` (longest first), ``jobs`` steps
+    at a time, each with cores / jobs threads. A cell starts as soon as a slot is free and its init has
+    weights: the MAE's cells take the core the MAE frees while the supervised baseline still trains.
+    Fills ``weights`` with the pretrained checkpoints; returns ``{(init, task, seed): metrics or None}``
+    (None for a failed cell and for the cells of an init whose pretraining failed)."""
+    env = _thread_env(jobs)
+    results = {(c.init, c.task, c.seed): None for c in cells}
+    waiting, pretraining, running, started = list(cells), set(todo), {}, 0
 
     def pretrain(name: str):
         mode = "pretrain" if name == "mae" else "supervised"
         d = runner.out / "pretrain" / name
         cmd = [PY, "pretrain/run.py", "--mode", mode, "--out", str(d), "--seed", "0", *runner.preset[mode]]
         keys = ("val_loss", "final_loss") if name == "mae" else ("top1", "final_loss")
-        return name, d, runner.step(f"pretrain {name}", cmd, d, "pre", _thread_env(jobs), keys=keys)
+        return runner.step(f"pretrain {name}", cmd, d, "pre", env, keys=keys)
 
-    with ThreadPoolExecutor(max(1, min(jobs, len(todo)))) as pool:
-        for name, d, m in pool.map(pretrain, todo):
-            if m is not None:
-                weights[name] = str(d / "checkpoint-final.pth")
-                runner.pretrained[name] = m
-    for name, path in extra.items():
-        if not Path(path).is_file():
-            raise SystemExit(f"compare: --init {name}={path}: file not found")
-        weights[name] = str(Path(path).resolve())
-    return weights
+    with ThreadPoolExecutor(jobs) as pool:
+        def fill():
+            nonlocal started
+            while len(running) < jobs:
+                c = next((c for c in waiting if c.init in weights), None)
+                if c is None:
+                    return
+                waiting.remove(c)
+                started += 1
+                cmd = task_cmd(c.task, weights[c.init], c.dir, c.seed, runner.preset)
+                running[pool.submit(runner.step, c.name, cmd, c.dir, f"{started}/{len(cells)}", env,
+                                    tuple(k for k, _ in TASK_METRICS[c.task]))] = c
+
+        for name in todo:
+            running[pool.submit(pretrain, name)] = name
+        fill()
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in done:
+                job = running.pop(f)
+                if isinstance(job, str):  # a pretraining
+                    pretraining.discard(job)
+                    if f.result() is not None:
+                        weights[job] = str(runner.out / "pretrain" / job / "checkpoint-final.pth")
+                        runner.pretrained[job] = f.result()
+                else:
+                    results[(job.init, job.task, job.seed)] = f.result()
+            waiting[:] = [c for c in waiting if c.init in weights or c.init in pretraining]
+            fill()
+    return results
 
 
 def _thread_env(jobs: int) -> dict | None:
@@ -459,21 +496,6 @@ def preset_with_args(name: str, specs: list[str]) -> dict[str, list[str]]:
     return preset
 
 
-def run_cells(runner: Runner, cells: list, weights: dict[str, str], jobs: int) -> dict:
-    """Run the cells whose init has weights, ``jobs`` at a time (each with cores / jobs threads);
-    returns ``{(init, task, seed): metrics or None}``."""
-    env = _thread_env(jobs)
-    results = {(c.init, c.task, c.seed): None for c in cells}
-    with ThreadPoolExecutor(jobs) as pool:
-        futures = {pool.submit(runner.step, c.name, task_cmd(c.task, weights[c.init], c.dir, c.seed, runner.preset),
-                               c.dir, f"{n}/{len(cells)}", env, tuple(k for k, _ in TASK_METRICS[c.task])): c
-                   for n, c in enumerate(cells, 1) if c.init in weights}
-        for f in as_completed(futures):
-            c = futures[f]
-            results[(c.init, c.task, c.seed)] = f.result()
-    return results
-
-
 def main(argv=None):
     args = parse_args(argv)
     extra = extra_inits(args.init)
@@ -483,11 +505,12 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runner = Runner(out, preset, args.cell_timeout)
-    weights = pretrain_inits(runner, args.inits, extra, jobs)
-    inits = [i for i in [*args.inits, *extra] if i in weights] + [i for i in args.inits if i not in weights]
-    cells = [Cell(i, t, s, out / "runs" / t / i / f"seed{s}") for s in args.seeds for t in args.tasks for i in inits]
+    weights, todo = init_weights(args.inits, extra)
+    cells = [Cell(i, t, s, out / "runs" / t / i / f"seed{s}")
+             for s in args.seeds for t in args.tasks for i in [*args.inits, *extra]]
     cells.sort(key=lambda c: -TASK_COST.get(c.task, 1))  # stable: seeds and inits keep their order
-    results = run_cells(runner, cells, weights, jobs)
+    results = run_all(runner, todo, weights, cells, jobs)
+    inits = [i for i in [*args.inits, *extra] if i in weights] + [i for i in args.inits if i not in weights]
     (out / "failed.txt").write_text("\n".join(runner.failed) + ("\n" if runner.failed else ""))
     table = write_results(out, results, inits, args.tasks, args.seeds, runner.failed, args.preset,
                           time.time() - runner.t0, runner.pretrained)
