@@ -111,15 +111,20 @@ def discover_classes(data_root: str | Path, reduce_zero_label: bool = False, num
     return tuple(f"class_{first + i}" for i in range(num_classes)), reduce_zero_label
 
 
-def _losses(cfg):
-    """``(config key, loss dict)`` for every loss of the decode and auxiliary heads of ``cfg.model``."""
+def _heads(cfg) -> list[tuple[str, dict]]:
+    """``(config key, head dict)`` of the decode head and every auxiliary head of ``cfg.model``."""
     heads = [("model.decode_head", cfg.model.decode_head)]
     aux = cfg.model.get("auxiliary_head")
     if isinstance(aux, (list, tuple)):
         heads += [(f"model.auxiliary_head[{i}]", h) for i, h in enumerate(aux)]
     elif aux:
         heads.append(("model.auxiliary_head", aux))
-    for where, head in heads:
+    return heads
+
+
+def _losses(cfg):
+    """``(config key, loss dict)`` for every loss of the decode and auxiliary heads of ``cfg.model``."""
+    for where, head in _heads(cfg):
         losses = head.get("loss_decode")
         if isinstance(losses, (list, tuple)):
             yield from ((f"{where}.loss_decode[{i}]", loss) for i, loss in enumerate(losses))
@@ -169,10 +174,8 @@ def apply_classes(cfg, classes: tuple[str, ...], reduce_zero_label: bool, leaf_d
     n = len(classes)
     cfg.num_classes = n
     cfg.classes = classes
-    cfg.model.decode_head.num_classes = n
-    aux = cfg.model.get("auxiliary_head")
-    for h in (aux if isinstance(aux, (list, tuple)) else [aux] if aux else []):
-        h["num_classes"] = n
+    for _, head in _heads(cfg):
+        head["num_classes"] = n
     notes = []
     for key, loss in _losses(cfg):
         # a config's weights for its own classes would fail the loss on the first batch

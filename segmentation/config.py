@@ -154,6 +154,15 @@ def _apply_data_root(cfg, data_root: str | None):
         ds["data_root"] = data_root
 
 
+def _train_labels(cfg):
+    """The train loader's dataset config (``{}`` without one) and where its label maps are: ``(dataset,
+    data root, :class:`segmentation.classes.TrainLayout`, ignore_index)``."""
+    from .classes import TrainLayout
+    train = next((ds for split, ds in leaf_datasets(cfg) if split == "train"), {})
+    return (train, train.get("data_root") or cfg.get("data_root"), TrainLayout.of(train),
+            int(train.get("ignore_index", 255)))
+
+
 def _apply_classes(cfg, args):
     """With ``--data-root``, ``--num-classes`` or ``--reduce-zero-label``: classes from the data (see
     :mod:`segmentation.classes`), both heads and every dataset sized to them; the choice is printed."""
@@ -162,13 +171,12 @@ def _apply_classes(cfg, args):
         return
     if num is not None and num < 1:
         raise ConfigError(f"--num-classes {num}: must be at least 1")
-    from .classes import TrainLayout, apply_classes, discover_classes
+    from .classes import apply_classes, discover_classes
     cfg_rzl = next((bool(ds.get("reduce_zero_label", False)) for _, ds in leaf_datasets(cfg)), False)
     rzl = cfg_rzl if rzl is None else rzl
-    train = next((ds for split, ds in leaf_datasets(cfg) if split == "train"), {})
-    classes, rzl = discover_classes(train.get("data_root") or cfg.get("data_root"), rzl, num,
-                                    known_names=tuple(cfg.get("classes") or ()), layout=TrainLayout.of(train),
-                                    ignore_index=int(train.get("ignore_index", 255)))
+    _, root, layout, ignore_index = _train_labels(cfg)
+    classes, rzl = discover_classes(root, rzl, num, known_names=tuple(cfg.get("classes") or ()), layout=layout,
+                                    ignore_index=ignore_index)
     notes = apply_classes(cfg, classes, rzl, leaf_datasets)
     logger.warning("classes: %d (%s), reduce_zero_label=%s", len(classes), ", ".join(classes[:12]), rzl)
     for note in notes:
@@ -181,16 +189,15 @@ def _apply_class_weights(cfg, mode: str):
     (:func:`segmentation.classes.balanced_class_weights`). The weights are printed beside the class names."""
     if mode == "config":
         return
-    from .classes import TrainLayout, balanced_class_weights, set_class_weights
+    from .classes import balanced_class_weights, set_class_weights
     weights = None
     if mode == "balanced":
-        train = next((ds for split, ds in leaf_datasets(cfg) if split == "train"), None)
-        if train is None:
+        train, root, layout, ignore_index = _train_labels(cfg)
+        if not train:
             raise ConfigError("--class-weights balanced: the config has no train_dataloader.dataset")
         n = int(cfg.model.decode_head.num_classes)
-        weights, share = balanced_class_weights(
-            train.get("data_root") or cfg.get("data_root"), n, bool(train.get("reduce_zero_label", False)),
-            TrainLayout.of(train), int(train.get("ignore_index", 255)))
+        weights, share = balanced_class_weights(root, n, bool(train.get("reduce_zero_label", False)), layout,
+                                                ignore_index)
         names = list(cfg.get("classes") or (train.get("metainfo") or {}).get("classes") or range(n))
         logger.warning("class weights (balanced, from the training pixels): %s", ", ".join(
             f"{name} {w:g} ({100 * f:.1f} %)" for name, w, f in zip(names, weights, share)))

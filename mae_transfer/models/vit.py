@@ -187,7 +187,7 @@ def pick_attention_form(key: tuple, run, q: torch.Tensor, k: torch.Tensor, v: to
     # not enter the checkpoint's bookkeeping, which the recomputation (no probe then) replays
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         for r in range(repeats + 1):
-            for form in ("sdpa", "explicit") if r % 2 else ("explicit", "sdpa"):
+            for form in FORMS if r % 2 else FORMS[::-1]:
                 sync()
                 t0 = time.perf_counter()
                 out = run(form, *ins)
