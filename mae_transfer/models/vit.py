@@ -49,7 +49,9 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"PatchEmbed: input size {H}x{W} is not a multiple of the patch size {ph}x{pw}")
         x = self.proj(x)
         hw = (x.shape[2], x.shape[3])
-        return x.flatten(2).transpose(1, 2), hw
+        # contiguous: without a cls token to concatenate (ViTDet), the residual stream would keep the
+        # conv's (D, N) layout through every block, and every LayerNorm would copy it back
+        return x.flatten(2).transpose(1, 2).contiguous(), hw
 
 
 class Mlp(nn.Module):
@@ -93,21 +95,24 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
 
 
 def decomposed_rel_terms(q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                         hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+                         hw: tuple[int, int], q_hw: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ViTDet's decomposed relative position as two small terms: ``rel_h = q . R_h`` (one value per key
     row) and ``rel_w = q . R_w`` (per key column), from the *unscaled* queries as detectron2.
 
-    q: (B, heads, h*w, C). Returns rel_h (B, heads, h, w, h) and rel_w (B, heads, h, w, w); the logit of
-    query (i, j) and key (k, l) gets ``rel_h[..., i, j, k] + rel_w[..., i, j, l]``."""
+    q: (B, heads, qh*qw, C), the queries of the top-left ``q_hw = (qh, qw)`` part of the key grid ``hw =
+    (h, w)`` (default: all of it; a window's real tokens when the grid is padded). Returns rel_h (B,
+    heads, qh, qw, h) and rel_w (B, heads, qh, qw, w); the logit of query (i, j) and key (k, l) gets
+    ``rel_h[..., i, j, k] + rel_w[..., i, j, l]``."""
     h, w = hw
-    r_q = q.reshape(q.shape[0], q.shape[1], h, w, q.shape[3])
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, rel_pos_h).to(q.dtype))
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, rel_pos_w).to(q.dtype))
+    qh, qw = q_hw or hw
+    r_q = q.reshape(q.shape[0], q.shape[1], qh, qw, q.shape[3])
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, get_rel_pos(h, h, rel_pos_h)[:qh].to(q.dtype))
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, get_rel_pos(w, w, rel_pos_w)[:qw].to(q.dtype))
     return rel_h, rel_w
 
 
 def fold_decomposed_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_pos_h: torch.Tensor,
-                            rel_pos_w: torch.Tensor, hw: tuple[int, int]):
+                            rel_pos_w: torch.Tensor, hw: tuple[int, int], q_hw: tuple[int, int] | None = None):
     """The decomposed relative position folded into queries and keys, so attention needs no bias tensor.
 
     With ``rel_h``, ``rel_w`` of :func:`decomposed_rel_terms`, ``q' = [q * scale, rel_h, rel_w]`` and
@@ -117,16 +122,18 @@ def fold_decomposed_rel_pos(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r
     zero-padded to one head width, a multiple of 8 (what those kernels need). Call SDPA with ``scale=1``
     and keep the first ``C`` output channels.
 
-    q, k, v: (B, heads, h*w, C). Returns q', k', v' of shape (B, heads, h*w, C'), C' >= C + h + w."""
+    q: (B, heads, Nq, C) for the query grid ``q_hw`` (default ``hw``); k, v: (B, heads, h*w, C). Returns
+    q' (B, heads, Nq, C') and k', v' (B, heads, h*w, C'), C' >= C + h + w."""
     h, w = hw
-    B, nh, N, C = q.shape
-    rel_h, rel_w = decomposed_rel_terms(q, rel_pos_h, rel_pos_w, hw)
+    B, nh, Nq, C = q.shape
+    Nk = k.shape[2]
+    rel_h, rel_w = decomposed_rel_terms(q, rel_pos_h, rel_pos_w, hw, q_hw)
     pad = -(C + h + w) % 8
-    idx = torch.arange(N, device=q.device)
-    onehot = torch.cat([F.one_hot(idx // w, h), F.one_hot(idx % w, w), idx.new_zeros(N, pad)], dim=1).to(q.dtype)
-    zeros = q.new_zeros(B, nh, N, pad)
-    q = torch.cat([q * C ** -0.5, rel_h.reshape(B, nh, N, h), rel_w.reshape(B, nh, N, w), zeros], dim=-1)
-    k = torch.cat([k, onehot.expand(B, nh, N, h + w + pad)], dim=-1)
+    idx = torch.arange(Nk, device=q.device)
+    onehot = torch.cat([F.one_hot(idx // w, h), F.one_hot(idx % w, w), idx.new_zeros(Nk, pad)], dim=1).to(q.dtype)
+    zeros = q.new_zeros(B, nh, Nq, pad)
+    q = torch.cat([q * C ** -0.5, rel_h.reshape(B, nh, Nq, h), rel_w.reshape(B, nh, Nq, w), zeros], dim=-1)
+    k = torch.cat([k, onehot.expand(B, nh, Nk, h + w + pad)], dim=-1)
     return q, k, F.pad(v, (0, h + w + pad))
 
 
@@ -136,16 +143,16 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: 
     mmseg do). On a CPU this beats SDPA where SDPA needs a dense bias or widened heads (measured per
     shape by :func:`pick_attention_form`).
 
-    q, k, v: (B, heads, N, C); bias: broadcastable to (B, heads, N, N); rel: the decomposed terms of
-    :func:`decomposed_rel_terms`, added by broadcasting ``(B, heads, h, w, h, 1) + (B, heads, h, w, 1, w)``
-    (no (N, N) bias tensor is built). Returns (B, heads, N, C)."""
-    B, nh, N, C = q.shape
+    q: (B, heads, Nq, C); k, v: (B, heads, Nk, C); bias: broadcastable to (B, heads, Nq, Nk); rel: the
+    decomposed terms of :func:`decomposed_rel_terms`, added by broadcasting ``(B, heads, qh, qw, h, 1) +
+    (B, heads, qh, qw, 1, w)`` (no (Nq, Nk) bias tensor is built). Returns (B, heads, Nq, C)."""
+    B, nh, Nq, C = q.shape
     attn = (q * C ** -0.5) @ k.transpose(-2, -1)
     # in place: the matmul's backward needs its inputs, not its output
     if rel is not None:
         rel_h, rel_w = rel
-        h, w = rel_h.shape[2], rel_h.shape[3]
-        attn = attn.view(B, nh, h, w, h, w).add_(rel_h.unsqueeze(-1)).add_(rel_w.unsqueeze(-2)).view(B, nh, N, N)
+        attn = (attn.view(*rel_h.shape, rel_w.shape[-1]).add_(rel_h.unsqueeze(-1)).add_(rel_w.unsqueeze(-2))
+                .view(B, nh, Nq, -1))
     if bias is not None:
         attn = attn.add_(bias)
     attn = attn.softmax(dim=-1)
@@ -288,21 +295,22 @@ class Attention(nn.Module):
         return table[index.reshape(-1)].reshape(N, N, -1).permute(2, 0, 1).unsqueeze(0)
 
     def _attend_as(self, form: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw, bias,
-                   p: float) -> torch.Tensor:
-        """Attention of (B, heads, N, C) q, k, v in ``form`` ("sdpa" or "explicit"), with this module's
-        relative position; ``bias`` is the BEiT bias for this grid (or None), ``p`` the attention dropout.
-        Returns (B, heads, N, C)."""
+                   p: float, q_hw=None) -> torch.Tensor:
+        """Attention of (B, heads, Nq, C) q and (B, heads, Nk, C) k, v in ``form`` ("sdpa" or "explicit"),
+        with this module's relative position for the key grid ``hw`` and the query grid ``q_hw`` (its
+        top-left part; default all of it); ``bias`` is the BEiT bias for this grid (or None), ``p`` the
+        attention dropout. Returns (B, heads, Nq, C)."""
         if form == "explicit":
-            rel = (decomposed_rel_terms(q, self.rel_pos_h, self.rel_pos_w, hw)
+            rel = (decomposed_rel_terms(q, self.rel_pos_h, self.rel_pos_w, hw, q_hw)
                    if self.rel_pos == "decomposed" else None)
             return explicit_attention(q, k, v, bias, rel, p)
         C, scale = q.shape[-1], None
         if self.rel_pos == "decomposed":
-            q, k, v = fold_decomposed_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, hw)
+            q, k, v = fold_decomposed_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, hw, q_hw)
             scale = 1.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, dropout_p=p)[..., :C]
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw) -> torch.Tensor:
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw, q_hw=None) -> torch.Tensor:
         """Attention in the form ``attn_form`` names; ``"auto"``: the one measured faster for this shape."""
         bias = self._beit_bias(hw).to(q.dtype) if self.rel_pos == "bias" else None
         form = self.attn_form
@@ -311,11 +319,12 @@ class Attention(nn.Module):
                 form = "sdpa"  # no bias to add: SDPA computes the same products with fewer passes
             else:
                 grad = torch.is_grad_enabled() and (q.requires_grad or bias is not None and bias.requires_grad)
-                key = (str(q.device), q.dtype, tuple(q.shape), self.rel_pos, tuple(hw), grad)
+                shape = tuple(q.shape) if q.shape == k.shape else (tuple(q.shape), tuple(k.shape))
+                key = (str(q.device), q.dtype, shape, self.rel_pos, tuple(hw), grad)
                 fixed = None if bias is None else bias.detach()
-                form = pick_attention_form(key, lambda f, q_, k_, v_: self._attend_as(f, q_, k_, v_, hw, fixed, 0.0),
-                                           q, k, v)
-        return self._attend_as(form, q, k, v, hw, bias, self.attn_drop if self.training else 0.0)
+                form = pick_attention_form(
+                    key, lambda f, q_, k_, v_: self._attend_as(f, q_, k_, v_, hw, fixed, 0.0, q_hw), q, k, v)
+        return self._attend_as(form, q, k, v, hw, bias, self.attn_drop if self.training else 0.0, q_hw)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         """x: (B, N, D); hw: the token grid of x without prefix tokens (needed with rel_pos)."""
@@ -328,24 +337,45 @@ class Attention(nn.Module):
         """Attention within non-overlapping ``ws x ws`` windows (ViTDet). x: (B, h, w, D) -> (B, h, w, D).
 
         As detectron2, a grid that ``ws`` does not divide is zero-padded (after the norm) and the padded
-        tokens take part as keys and values; their queries are discarded. Padded tokens project to the
-        qkv bias, so qkv is computed on the real tokens only and padded with the bias, and ``proj`` runs
-        after the crop: at 512 px (32x32 tokens, 14x14 windows padded to 42x42) that skips 42 % of the
-        window blocks' qkv and proj rows."""
+        tokens take part as keys and values; their queries are discarded. So only real tokens are
+        computed as queries: padded tokens project to the qkv bias, so k and v are computed on the real
+        tokens and padded with the bias; the windows go to attention in up to four groups of one shape
+        (whole windows, the last column, the last row, the corner: fewer real queries, all ``ws * ws``
+        keys); ``proj`` runs on the real tokens. At 512 px (32x32 tokens, 14x14 windows padded to 42x42)
+        that skips 42 % of the window blocks' qkv and proj rows and of their attention queries."""
         B, h, w, D = x.shape
         nh, C = self.num_heads, self.head_dim
-        qkv = self.qkv(x)
+        q, kv = self.qkv(x).split([D, 2 * D], dim=-1)  # split, not sliced: its backward is one cat
         pad_h, pad_w = (-h) % ws, (-w) % ws
         if pad_h or pad_w:  # concatenated, not padded + masked: its backward only slices
-            b = self.qkv.bias.to(qkv.dtype) if self.qkv.bias is not None else qkv.new_zeros(3 * D)
-            qkv = torch.cat([qkv, b.expand(B, h, pad_w, 3 * D)], dim=2)
-            qkv = torch.cat([qkv, b.expand(B, pad_h, w + pad_w, 3 * D)], dim=1)
-        nH, nW = (h + pad_h) // ws, (w + pad_w) // ws
-        q, k, v = (qkv.view(B, nH, ws, nW, ws, 3, nh, C).permute(5, 0, 1, 3, 6, 2, 4, 7)
-                   .reshape(3, B * nH * nW, nh, ws * ws, C).unbind(0))
-        o = self._attend(q, k, v, (ws, ws))  # (B * nH * nW, heads, ws * ws, C)
-        o = o.view(B, nH, nW, nh, ws, ws, C).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, nH * ws, nW * ws, D)
-        return self.proj_drop(self.proj(o[:, :h, :w]))
+            b = self.qkv.bias[D:].to(kv.dtype) if self.qkv.bias is not None else kv.new_zeros(2 * D)
+            kv = torch.cat([kv, b.expand(B, h, pad_w, 2 * D)], dim=2)
+            kv = torch.cat([kv, b.expand(B, pad_h, w + pad_w, 2 * D)], dim=1)
+        rows, cols = _window_groups(h, ws), _window_groups(w, ws)
+        out = []
+        for (nr, rr), q_r, kv_r in zip(rows, q.split([n * r for n, r in rows], 1),
+                                       kv.split([n * ws for n, _ in rows], 1)):
+            parts = []
+            for (nc, cc), q_rc, kv_rc in zip(cols, q_r.split([n * c for n, c in cols], 2),
+                                             kv_r.split([n * ws for n, _ in cols], 2)):
+                q_w = (q_rc.reshape(B, nr, rr, nc, cc, nh, C).permute(0, 1, 3, 5, 2, 4, 6)
+                       .reshape(B * nr * nc, nh, rr * cc, C))
+                k_w, v_w = (kv_rc.reshape(B, nr, ws, nc, ws, 2, nh, C).permute(5, 0, 1, 3, 6, 2, 4, 7)
+                            .reshape(2, B * nr * nc, nh, ws * ws, C).unbind(0))
+                o = self._attend(q_w, k_w, v_w, (ws, ws), (rr, cc))  # (B * nr * nc, heads, rr * cc, C)
+                parts.append(o.view(B, nr, nc, nh, rr, cc, C).permute(0, 1, 4, 2, 5, 3, 6)
+                             .reshape(B, nr * rr, nc * cc, D))
+            out.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
+        return self.proj_drop(self.proj(torch.cat(out, dim=1) if len(out) > 1 else out[0]))
+
+
+def _window_groups(size: int, ws: int) -> list[tuple[int, int]]:
+    """Windows of ``ws`` along an axis of ``size`` tokens as ``(windows, real tokens per window)`` groups:
+    the whole windows, then the last, partly padded one (if ``ws`` does not divide ``size``)."""
+    n, last = -(-size // ws), size % ws
+    if not last:
+        return [(n, ws)]
+    return ([(n - 1, ws)] if n > 1 else []) + [(1, last)]
 
 
 class Block(nn.Module):
