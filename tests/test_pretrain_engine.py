@@ -142,7 +142,13 @@ def test_two_process_ddp_matches_one_process_same_global_batch(tmp_path):
     assert m2["world_size"] == 2 and m2["effective_batch"] == 32
     w1, w2 = _weights(one / "checkpoint-final.pth"), _weights(two / "checkpoint-final.pth")
     for k in w1:
-        assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4), k
+        a, b = w1[k], w2[k]
+        if k.endswith("attn.qkv.bias"):
+            # the key bias adds the same q . b_k to all of a query's logits, which softmax cancels: its
+            # gradient is zero up to rounding, and AdamW turns that rounding into steps of about lr, which
+            # the reduction order decides. Compare the query and value biases.
+            a, b = (torch.cat([t[: len(t) // 3], t[2 * len(t) // 3:]]) for t in (a, b))
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), k
 
 
 def test_accumulation_equals_bigger_batch(tmp_path):
