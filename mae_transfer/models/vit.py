@@ -336,12 +336,12 @@ class Attention(nn.Module):
     def forward_windows(self, x: torch.Tensor, ws: int) -> torch.Tensor:
         """Attention within non-overlapping ``ws x ws`` windows (ViTDet). x: (B, h, w, D) -> (B, h, w, D).
 
-        As detectron2, a grid that ``ws`` does not divide is zero-padded (after the norm) and the padded
-        tokens take part as keys and values; their queries are discarded. So only real tokens are
-        computed as queries: padded tokens project to the qkv bias, so k and v are computed on the real
-        tokens and padded with the bias; the windows go to attention in up to four groups of one shape
-        (whole windows, the last column, the last row, the corner: fewer real queries, all ``ws * ws``
-        keys); ``proj`` runs on the real tokens. At 512 px (32x32 tokens, 14x14 windows padded to 42x42)
+        As detectron2, a grid that ``ws`` does not divide is zero-padded (after the norm); padded tokens
+        take part as keys and values, and their queries are discarded. Here those queries are never
+        computed: qkv runs on the real tokens, k and v are padded with the qkv bias (what a zero token
+        projects to), and the windows go to attention in up to four groups of one shape (whole windows,
+        the last column, the last row, the corner), each with its real queries and all ``ws * ws`` keys;
+        ``proj`` runs on the real tokens. At 512 px (32x32 tokens, 14x14 windows padded to 42x42)
         that skips 42 % of the window blocks' qkv and proj rows and of their attention queries."""
         B, h, w, D = x.shape
         nh, C = self.num_heads, self.head_dim
